@@ -1,0 +1,148 @@
+"""The one configuration object that describes a video-token compressor.
+
+Field names are identical in Python, in a checkpoint's config.json (one nested key,
+``video_compressor``), on the command line (``--num-tokens`` for ``num_tokens``) and in the shell
+scripts (``NUM_TOKENS``). Validation happens once, here, with messages that name the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+COMPRESSORS = ("vqtoken", "pool", "uniform", "prune", "tome", "temporal_merge", "random", "none")
+ADAPTIVE = (None, "elbow", "silhouette")
+ATTENTION = ("paper", "none", "random", "released")
+HASH = ("kmeans", "random")
+CODEBOOK = ("raw", "normalized")
+
+#: the config.json key under which hosts store the spec
+CONFIG_KEY = "video_compressor"
+
+
+class ConfigError(ValueError):
+    """A compressor config field has a bad value."""
+
+
+@dataclass
+class CompressorConfig:
+    """Spec of a video-token compressor.
+
+    name: which method (``vqtoken`` or a baseline: ``pool``, ``uniform``, ``prune``, ``tome``,
+        ``temporal_merge``, ``random``, ``none``).
+    num_tokens: token budget for the whole video (K codes for fixed-length VQToken). ``None`` for
+        ``pool`` means LLaVA-OneVision's stock 2x bilinear pooling; ignored by ``none``.
+    adaptive: ``None`` (fixed K), ``"elbow"`` or ``"silhouette"`` (K per video in [min_codes, max_codes]).
+    attention: ``paper`` (VQ-Attention as in the paper: Q, K from the codebook, V from the key map's
+        footprint), ``none`` (codebook only), ``random`` (random attention weights, ablation),
+        ``released`` (the authors' released decoder layout: index-map rows as queries).
+    hash: ``kmeans`` (the key map of the clustering) or ``random`` (random key map, ablation).
+    codebook: code vectors as means of ``raw`` tokens (paper) or of L2-``normalized`` tokens (released code).
+    apply_attention: with ``attention="released"``, False builds the module (so released checkpoints
+        load with every key) but feeds the LLM the codebook only, as the released code does.
+    newline: the host appends its learned newline token after the video tokens (LLaVA-OneVision does).
+    """
+
+    name: str = "vqtoken"
+    num_tokens: int | None = 32
+    adaptive: str | None = None
+    min_codes: int = 8
+    max_codes: int = 64
+    iters: int = 20
+    refine_iters: int = 10
+    tol: float = 1e-4
+    seed: int = 0
+    seed_sample: int = 4096
+    silhouette_sample: int = 2048
+    attention: str = "paper"
+    hash: str = "kmeans"
+    codebook: str = "raw"
+    heads: int = 8
+    footprint_freqs: int = 8
+    ffn_dim: int = 2048
+    newline: bool = True
+    apply_attention: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"compressor config: {name}={getattr(self, name)!r} {why}")
+
+        if self.name not in COMPRESSORS:
+            raise bad("name", f"is not one of {', '.join(COMPRESSORS)}")
+        if self.adaptive not in ADAPTIVE:
+            raise bad("adaptive", "must be null, 'elbow' or 'silhouette'")
+        if self.adaptive is not None and self.name != "vqtoken":
+            raise bad("adaptive", f"is only supported by name='vqtoken', not {self.name!r}")
+        if self.num_tokens is not None and (not isinstance(self.num_tokens, int) or self.num_tokens < 1):
+            raise bad("num_tokens", "must be a positive integer (the video's token budget)")
+        if self.name in ("vqtoken", "uniform", "prune", "tome", "temporal_merge", "random"):
+            if self.adaptive is None and self.num_tokens is None:
+                raise bad("num_tokens", f"is required by name={self.name!r}")
+        if self.min_codes < 1:
+            raise bad("min_codes", "must be >= 1")
+        if self.max_codes < self.min_codes:
+            raise bad("max_codes", f"must be >= min_codes={self.min_codes}")
+        if self.iters < 0 or self.refine_iters < 0:
+            raise bad("iters", "and refine_iters must be >= 0")
+        if self.attention not in ATTENTION:
+            raise bad("attention", f"is not one of {', '.join(ATTENTION)}")
+        if self.hash not in HASH:
+            raise bad("hash", f"is not one of {', '.join(HASH)}")
+        if self.codebook not in CODEBOOK:
+            raise bad("codebook", f"is not one of {', '.join(CODEBOOK)}")
+        if self.heads < 1:
+            raise bad("heads", "must be >= 1")
+
+    # ------------------------------------------------------------------ round trips
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | CompressorConfig | None) -> CompressorConfig:
+        if d is None:
+            return cls()
+        if isinstance(d, CompressorConfig):
+            return d
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"compressor config: unknown field(s) {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> CompressorConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def max_output_codes(self) -> int | None:
+        """Upper bound of the tokens the compressor emits (newline excluded)."""
+        if self.name == "none":
+            return None
+        if self.adaptive is not None:
+            return self.max_codes
+        return self.num_tokens
+
+    @classmethod
+    def released(cls, **changes: Any) -> CompressorConfig:
+        """The authors' released checkpoint behaviour: normalised-mean codebook, centroids only,
+        adaptive elbow over 12..32 (implemented correctly, without the release's index bug)."""
+        base = dict(
+            name="vqtoken", num_tokens=None, adaptive="elbow", min_codes=12, max_codes=32,
+            codebook="normalized", attention="released", apply_attention=False, newline=True, heads=8, ffn_dim=2048,
+        )
+        base.update(changes)
+        return cls(**base)
+
+    # ------------------------------------------------------------------ CLI
+    @staticmethod
+    def cli_flag(name: str) -> str:
+        return "--" + name.replace("_", "-")

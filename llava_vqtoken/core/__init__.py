@@ -1,0 +1,32 @@
+"""Host-free core: clustering, key map, VQ-Attention, baselines, metrics. Imports torch only."""
+
+from .adaptive import AdaptiveChoice, adaptive_kmeans
+from .compressor import (
+    BaselineCompressor,
+    CompressedVideo,
+    CompressionError,
+    VideoCompressor,
+    VQTokenCompressor,
+    build_compressor,
+    pad_tokens,
+)
+from .kmeans import KMeansResult, cosine_kmeans
+from .metrics import REFERENCE_TOKENS, prefill_flops, tokdense, token_ratio
+
+__all__ = [
+    "AdaptiveChoice",
+    "BaselineCompressor",
+    "CompressedVideo",
+    "CompressionError",
+    "KMeansResult",
+    "REFERENCE_TOKENS",
+    "VQTokenCompressor",
+    "VideoCompressor",
+    "adaptive_kmeans",
+    "build_compressor",
+    "cosine_kmeans",
+    "pad_tokens",
+    "prefill_flops",
+    "tokdense",
+    "token_ratio",
+]

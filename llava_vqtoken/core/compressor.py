@@ -1,0 +1,219 @@
+"""Compressors: video features [B, T, H, W, D] -> a few tokens per video, behind one interface.
+
+``build_compressor(config, hidden_size, grid=(H, W))`` returns an ``nn.Module`` whose forward gives
+one :class:`CompressedVideo` per video. VQToken and every baseline share the config, the output type
+and the token budget, so swapping the method is one field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..config import CompressorConfig
+from .adaptive import adaptive_kmeans
+from .baselines import (
+    pool_tokens,
+    prune_tokens,
+    random_tokens,
+    temporal_merge_tokens,
+    tome_tokens,
+    uniform_tokens,
+)
+from .keymap import canonical_order, codebook_means, key_map_grid
+from .kmeans import cosine_kmeans
+from .vq_attention import ReleasedVQAttention, VQAttention
+
+
+class CompressionError(ValueError):
+    """The input cannot be compressed as asked (bad shape, non-finite values, K too large...)."""
+
+
+@dataclass
+class CompressedVideo:
+    """What one video becomes. ``tokens`` is what the LLM receives (newline excluded)."""
+
+    tokens: torch.Tensor  # [M, D]
+    tokens_in: int  # T*H*W
+    key_map: torch.Tensor | None = None  # [T, H, W] code per grid token (VQToken only)
+    codebook: torch.Tensor | None = None  # [K, D]
+    num_codes: int | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def pad_tokens(videos: list[CompressedVideo]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack to a rectangle for hosts that need one: ([B, M_max, D] zero-padded, lengths [B])."""
+    m = max(v.num_tokens for v in videos)
+    first = videos[0].tokens
+    out = first.new_zeros(len(videos), m, first.shape[-1])
+    for i, v in enumerate(videos):
+        out[i, : v.num_tokens] = v.tokens
+    return out, torch.tensor([v.num_tokens for v in videos], device=first.device)
+
+
+def check_features(features: torch.Tensor) -> None:
+    if features.dim() != 5:
+        raise CompressionError(f"video features must be [B, T, H, W, D], got shape {tuple(features.shape)}")
+    if 0 in features.shape:
+        raise CompressionError(f"video features are empty: shape {tuple(features.shape)} (zero frames?)")
+    if not torch.isfinite(features).all():
+        raise CompressionError("video features contain NaN or Inf; check the vision tower's dtype and input frames")
+
+
+class VideoCompressor(nn.Module):
+    """Base class: subclasses implement ``compress(features) -> list[CompressedVideo]``."""
+
+    def __init__(self, config: CompressorConfig, hidden_size: int) -> None:
+        super().__init__()
+        self.config = config
+        self.hidden_size = hidden_size
+
+    def forward(self, features: torch.Tensor) -> list[CompressedVideo]:
+        check_features(features)
+        if features.shape[-1] != self.hidden_size:
+            raise CompressionError(
+                f"features have width {features.shape[-1]} but the compressor was built for {self.hidden_size}"
+            )
+        return self.compress(features)
+
+    def compress(self, features: torch.Tensor) -> list[CompressedVideo]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def expected_tokens(self, frames: int, height: int, width: int) -> int | None:
+        """Tokens emitted for a video of this grid (newline excluded); None if content-dependent."""
+        cfg = self.config
+        n = frames * height * width
+        if cfg.name == "none":
+            return n
+        if cfg.name == "pool":
+            return int(pool_tokens(torch.zeros(frames, height, width, 1), cfg.num_tokens).shape[0])
+        if cfg.name == "uniform":
+            return int(uniform_tokens(torch.zeros(frames, height, width, 1), cfg.num_tokens).shape[0])
+        if cfg.adaptive is not None:
+            return None
+        if cfg.name == "vqtoken" and cfg.attention == "released" and cfg.apply_attention:
+            return max(frames, cfg.num_tokens)
+        return min(cfg.num_tokens, n) if cfg.name != "vqtoken" else cfg.num_tokens
+
+
+class VQTokenCompressor(VideoCompressor):
+    """VQToken: cosine k-means codebook + key map (token hash) + VQ-Attention."""
+
+    def __init__(self, config: CompressorConfig, hidden_size: int, grid_cells: int | None = None) -> None:
+        super().__init__(config, hidden_size)
+        self.attention: nn.Module | None = None
+        if config.attention in ("paper", "random"):
+            self.attention = VQAttention(hidden_size, config.heads, config.footprint_freqs, mode=config.attention)
+        elif config.attention == "released":
+            if grid_cells is None:
+                raise CompressionError("attention='released' needs grid_cells (tokens per frame, e.g. 27*27)")
+            self.attention = ReleasedVQAttention(hidden_size, grid_cells, config.heads, config.ffn_dim)
+
+    def _generator(self, device: torch.device, offset: int) -> torch.Generator:
+        g = torch.Generator(device=device)
+        g.manual_seed(self.config.seed + offset)
+        return g
+
+    def compress(self, features: torch.Tensor) -> list[CompressedVideo]:
+        cfg = self.config
+        b, t, h, w, d = features.shape
+        n = t * h * w
+        x = features.reshape(b, n, d)
+        with torch.no_grad():
+            if cfg.adaptive is None:
+                if cfg.num_tokens > n:
+                    raise CompressionError(f"num_tokens={cfg.num_tokens} exceeds the video's {n} tokens")
+                res = cosine_kmeans(x, cfg.num_tokens, cfg.iters, cfg.tol, cfg.seed, cfg.seed_sample)
+                ks = [cfg.num_tokens] * b
+                choices = None
+            else:
+                if cfg.max_codes > n:
+                    raise CompressionError(f"max_codes={cfg.max_codes} exceeds the video's {n} tokens")
+                res, choices = adaptive_kmeans(
+                    x, cfg.min_codes, cfg.max_codes, cfg.adaptive, cfg.iters, cfg.refine_iters, cfg.tol,
+                    cfg.seed, cfg.seed_sample, cfg.silhouette_sample,
+                )
+                ks = [c.k for c in choices]
+            width = res.centroids.shape[1]
+            labels, perm = canonical_order(res.labels, width)
+            centroids = res.centroids.gather(1, perm.unsqueeze(-1).expand(-1, -1, d))
+            active = torch.arange(width, device=x.device)[None, :] < torch.tensor(ks, device=x.device)[:, None]
+        codebook, counts = codebook_means(x, labels, width, centroids, normalized=cfg.codebook == "normalized")
+        key_map = key_map_grid(labels, t, h, w)
+        attn_map = key_map
+        if cfg.hash == "random":
+            r = torch.rand(b, n, device=x.device, generator=self._generator(x.device, 1))
+            attn_map = key_map_grid((r * torch.tensor(ks, device=x.device)[:, None]).long(), t, h, w)
+        outs: list[torch.Tensor]
+        if isinstance(self.attention, VQAttention):
+            gen = self._generator(x.device, 2) if cfg.attention == "random" else None
+            tok = self.attention(codebook, attn_map, active=active, generator=gen)
+            outs = [tok[i, : ks[i]] for i in range(b)]
+        elif isinstance(self.attention, ReleasedVQAttention) and cfg.apply_attention:
+            outs = [self.attention(codebook[i, : ks[i]], attn_map[i]) for i in range(b)]
+        else:
+            outs = [codebook[i, : ks[i]] for i in range(b)]
+        videos = []
+        for i in range(b):
+            stats: dict[str, Any] = {"num_codes": ks[i], "inertia": float(res.inertia[i])}
+            if choices is not None:
+                stats.update(clamped=choices[i].clamped, k_unclamped=choices[i].k_unclamped)
+            videos.append(
+                CompressedVideo(
+                    tokens=outs[i], tokens_in=n, key_map=key_map[i], codebook=codebook[i, : ks[i]],
+                    num_codes=ks[i], stats=stats,
+                )
+            )
+        return videos
+
+
+class BaselineCompressor(VideoCompressor):
+    """Pooling, sampling, pruning and merging baselines under the same total budget."""
+
+    def compress(self, features: torch.Tensor) -> list[CompressedVideo]:
+        cfg = self.config
+        b, t, h, w, d = features.shape
+        n = t * h * w
+        out = []
+        for i in range(b):
+            v = features[i]
+            if cfg.name == "none":
+                tok = v.reshape(n, d)
+            elif cfg.name == "pool":
+                tok = pool_tokens(v, cfg.num_tokens)
+            else:
+                budget = cfg.num_tokens
+                if budget > n:
+                    raise CompressionError(f"num_tokens={budget} exceeds the video's {n} tokens")
+                if cfg.name == "uniform":
+                    tok = uniform_tokens(v, budget)
+                elif cfg.name == "prune":
+                    tok = prune_tokens(v, budget)
+                elif cfg.name == "tome":
+                    tok = tome_tokens(v, budget)
+                elif cfg.name == "temporal_merge":
+                    tok = temporal_merge_tokens(v, budget)
+                else:
+                    g = torch.Generator(device=v.device)
+                    g.manual_seed(cfg.seed + i)
+                    tok = random_tokens(v, budget, g)
+            out.append(CompressedVideo(tokens=tok, tokens_in=n))
+        return out
+
+
+def build_compressor(
+    config: CompressorConfig | dict[str, Any], hidden_size: int, grid: tuple[int, int] | None = None
+) -> VideoCompressor:
+    """Registry: the compressor named by ``config.name``. ``grid`` (H, W) is needed only by the
+    released attention layout (its query width is H*W)."""
+    config = CompressorConfig.from_dict(config)
+    if config.name == "vqtoken":
+        return VQTokenCompressor(config, hidden_size, None if grid is None else grid[0] * grid[1])
+    return BaselineCompressor(config, hidden_size)

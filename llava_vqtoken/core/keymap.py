@@ -1,0 +1,48 @@
+"""Token hash: key map, canonical code order and the codebook of cluster means."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def canonical_order(labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relabel codes by first appearance (tokens are in time-major raster order).
+
+    labels [B, N] -> (new_labels [B, N], perm [B, K]) with ``perm[b, new] = old``. Unused codes go last.
+    """
+    b, n = labels.shape
+    pos = torch.arange(n, device=labels.device).expand(b, n)
+    first = torch.full((b, k), n, device=labels.device, dtype=torch.long)
+    first = first.scatter_reduce(1, labels, pos, reduce="amin", include_self=True)
+    # stable tie-break on the old index keeps unused codes in their old relative order
+    perm = (first * k + torch.arange(k, device=labels.device)).argsort(dim=1)
+    inv = torch.empty_like(perm).scatter_(1, perm, torch.arange(k, device=labels.device).expand(b, k))
+    return inv.gather(1, labels), perm
+
+
+def codebook_means(
+    x: torch.Tensor, labels: torch.Tensor, k: int, centroids: torch.Tensor, normalized: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Code vectors = mean of the member tokens (differentiable in ``x``); returns (codebook, counts).
+
+    x [B, N, D], labels [B, N], centroids [B, K, D] (unit directions). ``normalized`` averages
+    L2-normalised tokens (the released code). A code with no member (only possible for degenerate
+    input, e.g. identical tokens) takes its centroid direction scaled to the mean token norm, so no
+    code is ever all-zero. Accumulates in fp32, returns ``x.dtype``.
+    """
+    xf = x.float()
+    src = F.normalize(xf, dim=-1, eps=1e-12) if normalized else xf
+    oh = F.one_hot(labels, k).float()  # [B, N, K]
+    counts = oh.sum(dim=1)  # [B, K]
+    sums = torch.bmm(oh.transpose(1, 2), src)
+    means = sums / counts.clamp_min(1.0).unsqueeze(-1)
+    scale = src.norm(dim=-1).mean(dim=1, keepdim=True).unsqueeze(-1)  # [B, 1, 1]
+    fallback = centroids.float() * scale
+    means = torch.where((counts == 0).unsqueeze(-1), fallback, means)
+    return means.to(x.dtype), counts
+
+
+def key_map_grid(labels: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+    """[B, T*H*W] labels -> key map [B, T, H, W]."""
+    return labels.reshape(labels.shape[0], frames, height, width)
