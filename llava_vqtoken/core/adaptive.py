@@ -101,27 +101,33 @@ def ward_merge_tree(gram: np.ndarray, counts: np.ndarray, total_sq: float) -> tu
     return groups, distortion
 
 
-def elbow_k(distortion: dict[int, float], min_strength: float = 1.0) -> int | None:
-    """K at the largest second difference D(K-1) - 2 D(K) + D(K+1), the index mapped back to K.
+def elbow_k(distortion: dict[int, float], min_strength: float = 1.0, keep: float = 0.25) -> int | None:
+    """Elbow of a distortion curve by its second difference D(K-1) - 2 D(K) + D(K+1), mapped back to K.
 
-    Returns None when the curve has no clear elbow: at the best K the drop before it is less than
-    ``1 + min_strength`` times the drop after it (a straight or gently bending curve, i.e. more
-    distinct content than the candidates resolve). A flat curve (all tokens alike) returns the
-    smallest K.
+    Raw second differences favour small K on any convex curve, so among the K whose second
+    difference is at least ``keep`` times the largest, the elbow is the one where the drop before K
+    most exceeds the drop after it. Returns None when no K has a drop before it at least
+    ``1 + min_strength`` times the drop after (a straight or gently bending curve: more distinct
+    content than the candidates resolve). A flat curve (all tokens alike) returns the smallest K.
     """
     ks = sorted(distortion)
     span = distortion[ks[0]] - distortion[ks[-1]]
     if span <= 0.0:
         return ks[0]
-    best_k, best = None, float("-inf")
-    for k in ks[1:-1]:
-        second = distortion[k - 1] - 2.0 * distortion[k] + distortion[k + 1]
-        if second > best + 1e-12 * span:
-            best_k, best = k, second
-    if best_k is None:
+    second = {k: distortion[k - 1] - 2.0 * distortion[k] + distortion[k + 1] for k in ks[1:-1]}
+    if not second:
         return None
-    after = max(distortion[best_k] - distortion[best_k + 1], 1e-12 * span)
-    return best_k if best / after >= min_strength else None
+    top = max(second.values())
+    if top <= 0.0:
+        return None
+    floor = 1e-9 * span
+    strength = {
+        k: (distortion[k - 1] - distortion[k]) / max(distortion[k] - distortion[k + 1], floor) - 1.0
+        for k, v in second.items()
+        if v >= keep * top
+    }
+    best = max(strength, key=lambda k: (strength[k], -k))
+    return best if strength[best] >= min_strength else None
 
 
 def silhouette_scores(

@@ -1,0 +1,181 @@
+"""Command line: ``llava-vqtoken compress|make-video ...``.
+
+Bad input exits with status 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import COMPRESSORS, CompressorConfig, ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    """A command-line value is invalid."""
+
+
+def add_compressor_args(p: argparse.ArgumentParser) -> None:
+    """Flags named after :class:`CompressorConfig` fields (``num_tokens`` -> ``--num-tokens``)."""
+    d = CompressorConfig()
+    p.add_argument("--compressor", dest="name", default="vqtoken", choices=COMPRESSORS, help="method (config: name)")
+    p.add_argument("--num-tokens", type=int, default=d.num_tokens, help="token budget per video (K codes)")
+    p.add_argument("--adaptive", choices=["elbow", "silhouette"], default=None, help="choose K per video")
+    p.add_argument("--min-codes", type=int, default=d.min_codes)
+    p.add_argument("--max-codes", type=int, default=d.max_codes)
+    p.add_argument("--iters", type=int, default=d.iters)
+    p.add_argument("--attention", choices=["paper", "none", "random", "released"], default=d.attention)
+    p.add_argument("--hash", choices=["kmeans", "random"], default=d.hash)
+    p.add_argument("--codebook", choices=["raw", "normalized"], default=d.codebook)
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
+def config_from_args(a: argparse.Namespace) -> CompressorConfig:
+    num_tokens = a.num_tokens
+    if a.name == "pool" and num_tokens == CompressorConfig().num_tokens and a.num_tokens_default:
+        num_tokens = None
+    return CompressorConfig(
+        name=a.name, num_tokens=num_tokens, adaptive=a.adaptive, min_codes=a.min_codes, max_codes=a.max_codes,
+        iters=a.iters, attention=a.attention, hash=a.hash, codebook=a.codebook, seed=a.seed,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llava-vqtoken", description="VQToken video-token compression for LLaVA-OneVision")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compress", help="compress one video and report token counts")
+    c.add_argument("--video", help="video file (default: a generated clip of moving shapes)")
+    c.add_argument("--model", help="transformers LLaVA-OneVision directory (default: tiny random model, built locally)")
+    c.add_argument("--frames", type=int, default=32)
+    add_compressor_args(c)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--heatmap", help="write a PNG of sampled frames over their key-map colours")
+    c.add_argument("--json", action="store_true", help="print one JSON object on the last line of stdout")
+    m = sub.add_parser("make-video", help="write a short synthetic clip (moving coloured squares)")
+    m.add_argument("out")
+    m.add_argument("--frames", type=int, default=48)
+    m.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _note(msg: str) -> None:
+    print(f"[llava-vqtoken] {msg}", file=sys.stderr)
+
+
+def run_compress(a: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from .core import build_compressor
+    from .hosts.hf.features import preprocess_frames, project_video
+    from .hosts.hf.tiny import build_tiny_llava_onevision, default_cache, is_random
+    from .video import load_video, make_video
+
+    if a.frames < 1:
+        raise UsageError(f"--frames must be >= 1, got {a.frames}")
+    cfg = config_from_args(a)
+    video = a.video
+    if video is None:
+        video = str(default_cache() / "demo_moving_shapes.mp4")
+        if not Path(video).exists():
+            make_video(video, frames=64)
+        _note(f"no --video given: using the generated clip {video}")
+    frames = load_video(video, a.frames)
+
+    from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    model_dir = a.model or str(build_tiny_llava_onevision())
+    if not Path(model_dir).is_dir():
+        raise UsageError(f"--model must be a local model directory: {model_dir}")
+    if is_random(model_dir):
+        _note(f"model {model_dir} has RANDOM weights (tiny built-in default): token counts are real, outputs are not")
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(model_dir).to(a.device).eval()
+    with torch.no_grad():
+        pixels = preprocess_frames(processor, frames).to(a.device)
+        feats = project_video(model, pixels)
+    _, t, h, w, d = feats.shape
+    compressor = build_compressor(cfg, d, grid=(h, w)).to(a.device).eval()
+    with torch.no_grad():
+        compressor(feats)  # warm-up so the timing shows steady state
+        if a.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = compressor(feats)[0]
+        if a.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        ms = (time.perf_counter() - t0) * 1000
+    newline = int(cfg.newline)
+    result: dict[str, Any] = {
+        "video": str(video),
+        "model": model_dir,
+        "random_weights": is_random(model_dir),
+        "compressor": cfg.to_dict(),
+        "frames": int(t),
+        "grid": [int(h), int(w)],
+        "tokens_in": int(out.tokens_in),
+        "tokens_out": out.num_tokens + newline,
+        "newline": bool(newline),
+        "num_codes": out.num_codes,
+        "key_map_shape": list(out.key_map.shape) if out.key_map is not None else None,
+        "key_map_sha256": (
+            hashlib.sha256(out.key_map.to(torch.int32).cpu().numpy().tobytes()).hexdigest()
+            if out.key_map is not None
+            else None
+        ),
+        "ratio": (out.num_tokens + newline) / out.tokens_in,
+        "compress_ms": round(ms, 3),
+    }
+    if "clamped" in out.stats:
+        result["clamped"] = out.stats["clamped"]
+    if a.heatmap:
+        if out.key_map is None:
+            raise UsageError(f"--heatmap needs a key map; compressor {cfg.name!r} has none (use vqtoken)")
+        from .viz import key_map_heatmap
+
+        title = f"{Path(video).name}: {out.num_codes} codes"
+        key_map_heatmap(frames, out.key_map.cpu().numpy(), a.heatmap, title=title)
+        result["heatmap"] = a.heatmap
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parser.parse_args(argv)
+    a.num_tokens_default = "--num-tokens" not in argv
+    from .core.compressor import CompressionError
+    from .video import VideoError
+
+    try:
+        if a.command == "make-video":
+            from .video import make_video
+
+            if a.frames < 1:
+                raise UsageError(f"--frames must be >= 1, got {a.frames}")
+            print(make_video(a.out, frames=a.frames, seed=a.seed))
+            return 0
+        result = run_compress(a)
+    except (UsageError, ConfigError, CompressionError, VideoError) as e:
+        print(f"llava-vqtoken: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if a.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        for k in ("video", "frames", "tokens_in", "tokens_out", "num_codes", "ratio", "compress_ms"):
+            print(f"{k:>12}: {result[k]}")
+        if result.get("heatmap"):
+            print(f"{'heatmap':>12}: {result['heatmap']}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""transformers (>= 5) LLaVA-OneVision host."""

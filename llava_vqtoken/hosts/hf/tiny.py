@@ -1,0 +1,120 @@
+"""Build a tiny, random-weight LLaVA-OneVision (transformers) offline, with tokenizer and processor.
+
+Real geometry where it matters for token counts (384 px frames, patch 14: a 27 x 27 grid, 729
+tokens per frame, 23,328 for 32 frames), tiny widths everywhere else, so it runs on a CPU.
+The directory carries a ``RANDOM_WEIGHTS`` marker so every command can say so plainly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RANDOM_MARKER = "RANDOM_WEIGHTS"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'video' %}<video>\n{% elif part['type'] == 'image' %}<image>\n"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("LLAVA_VQTOKEN_CACHE", Path.home() / ".cache" / "llava_vqtoken"))
+
+
+def build_tokenizer():
+    """A byte-level BPE trained in well under a second on synthetic question/answer text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = (
+        "what which where when how many does the a an object square circle red green blue yellow move "
+        "moves moving left right up down first second third before after count video frame answer question "
+        "option options letter is are in of to and or A B C D yes no shape color colour direction order"
+    ).split()
+    corpus = [" ".join(words[i : i + 7]) for i in range(len(words))] * 4 + [" ".join(words)]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_llava_onevision(
+    out_dir: str | os.PathLike[str] | None = None,
+    image_size: int = 384,
+    patch_size: int = 14,
+    vision_hidden: int = 32,
+    text_hidden: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Create (once) and return the directory of a tiny random LLaVA-OneVision checkpoint."""
+    import torch
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    name = f"tiny-llava-ov-{image_size}px-v{vision_hidden}-t{text_hidden}-s{seed}"
+    out = Path(out_dir) if out_dir is not None else default_cache() / name
+    if (out / RANDOM_MARKER).exists() and (out / "config.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    vision = SiglipVisionConfig(
+        hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=2,
+        num_attention_heads=2, image_size=image_size, patch_size=patch_size, vision_use_head=False,
+    )
+    text = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=2 * text_hidden,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    g = image_size
+    config = LlavaOnevisionConfig(
+        vision_config=vision, text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full", vision_feature_layer=-1,
+        image_grid_pinpoints=[[g, g], [g, 2 * g], [2 * g, g], [2 * g, 2 * g]],
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    size = {"height": image_size, "width": image_size}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=config.image_grid_pinpoints),
+        video_processor=LlavaOnevisionVideoProcessor(size=size),
+        tokenizer=tokenizer,
+        num_image_tokens=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out)
+    (out / RANDOM_MARKER).write_text("This checkpoint has random weights; it exists to exercise the code.\n")
+    return out
+
+
+def is_random(model_dir: str | os.PathLike[str]) -> bool:
+    return (Path(model_dir) / RANDOM_MARKER).exists()

@@ -1,0 +1,104 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from llava_vqtoken.cli import main
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_compress_json_fields(capsys, tiny_model, video_file, tmp_path):
+    heat = tmp_path / "heat.png"
+    code, out, err = run_cli(
+        capsys, "compress", "--video", str(video_file), "--frames", "8", "--num-tokens", "16",
+        "--heatmap", str(heat), "--json",
+    )
+    assert code == 0, err
+    assert "RANDOM weights" in err
+    d = json.loads(out.strip().splitlines()[-1])
+    assert d["frames"] == 8 and d["grid"] == [27, 27]
+    assert d["tokens_in"] == 8 * 729
+    assert d["tokens_out"] == 17 and d["num_codes"] == 16  # 16 codes + newline
+    assert d["key_map_shape"] == [8, 27, 27] and len(d["key_map_sha256"]) == 64
+    assert d["ratio"] == pytest.approx(17 / (8 * 729))
+    assert d["compress_ms"] > 0
+    assert heat.exists() and heat.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compress_is_deterministic(capsys, tiny_model, video_file):
+    args = ("compress", "--video", str(video_file), "--frames", "4", "--num-tokens", "8", "--json")
+    h = [json.loads(run_cli(capsys, *args)[1].strip().splitlines()[-1])["key_map_sha256"] for _ in range(2)]
+    assert h[0] == h[1]
+
+
+def test_adaptive_and_baseline(capsys, tiny_model, video_file):
+    code, out, _ = run_cli(
+        capsys, "compress", "--video", str(video_file), "--frames", "4", "--adaptive", "silhouette",
+        "--min-codes", "4", "--max-codes", "12", "--json",
+    )
+    d = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and 4 <= d["num_codes"] <= 12 and d["tokens_out"] == d["num_codes"] + 1
+    code, out, _ = run_cli(
+        capsys, "compress", "--video", str(video_file), "--frames", "4", "--compressor", "pool", "--json"
+    )
+    d = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and d["tokens_out"] == 4 * 196 + 1 and d["num_codes"] is None
+
+
+def _zero_frame_video(path):
+    """A valid MP4 that holds audio but not a single video frame."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), mode="w") as c:
+        s = c.add_stream("mpeg4", rate=8)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        a = c.add_stream("aac", rate=8000)
+        f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        f.sample_rate = 8000
+        for p in [*a.encode(f), *a.encode()]:
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case,args,message",
+    [
+        ("missing", ["--video", "/nonexistent/clip.mp4"], "video not found"),
+        ("corrupt", ["--video", "{corrupt}"], "cannot decode video"),
+        ("zero", ["--video", "{zero}"], "no frames"),
+        ("frames0", ["--frames", "0"], "--frames must be >= 1"),
+        ("k0", ["--num-tokens", "0"], "num_tokens"),
+        ("ktoobig", ["--frames", "2", "--num-tokens", "5000"], "exceeds"),
+    ],
+)
+def test_bad_input_exit_2_one_line(capsys, tiny_model, video_file, tmp_path, case, args, message):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(os.urandom(4096))
+    zero = _zero_frame_video(tmp_path / "zero.mp4")
+    args = [a.format(corrupt=corrupt, zero=zero) for a in args]
+    if "--video" not in args:
+        args += ["--video", str(video_file)]
+    code, out, err = run_cli(capsys, "compress", *args)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("llava-vqtoken: error:")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_console_script_exit_code(tiny_model, tmp_path):
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llava_vqtoken.cli", "compress", "--video", str(tmp_path / "nope.mp4")],
+        capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("llava-vqtoken: error: video not found")
+    assert "Traceback" not in proc.stderr
