@@ -1,0 +1,19 @@
+"""The README's Python examples run as written."""
+
+import re
+from pathlib import Path
+
+
+def test_readme_python_blocks_run():
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+
+
+def test_readme_quick_start_matches_ci():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert "./test.sh" in readme and "./run.sh" in readme
+    assert "./test.sh" in (root / ".ci" / "run").read_text()
