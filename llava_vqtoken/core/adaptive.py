@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .kmeans import KMeansResult, _generator, kmeans_plus_plus, lloyd, normalize_tokens
+from .graphs import maybe_graphed
+from .kmeans import KMeansResult, SeedNoise, _generator, draw_seed_noise, lloyd, normalize_tokens, one_hot, seed_centres
 
 
 @dataclass
@@ -173,6 +174,7 @@ def adaptive_kmeans(
     seed: int = 0,
     seed_sample: int | None = 4096,
     silhouette_sample: int = 2048,
+    cuda_graphs: bool = True,
 ) -> tuple[KMeansResult, list[AdaptiveChoice]]:
     """Cosine k-means with K chosen per video in [k_min, k_max] (batched over B videos).
 
@@ -188,19 +190,18 @@ def adaptive_kmeans(
         raise ValueError(f"max_codes={k_max} exceeds the number of tokens N={n}")
     # two above the range: the second difference then exists at k_max + 1, so "more than k_max" is visible
     k_top = min(k_max + 2, n)
-    xn = normalize_tokens(x)
     gen = _generator(x.device, seed)
-    top = lloyd(xn, kmeans_plus_plus(xn, k_top, gen, seed_sample), iters=iters, tol=tol)
-
-    sums = torch.bmm(F.one_hot(top.labels, k_top).float().transpose(1, 2), xn)  # [B, K0, D]
-    gram = torch.bmm(sums, sums.transpose(1, 2))
-    total_sq = (xn * xn).sum(dim=(1, 2))
-    to_host = [gram, top.counts, total_sq]
+    noise, m = draw_seed_noise(b, n, k_top, x.device, gen, seed_sample, None)
+    centroids, labels, _, counts, sums, gram, total_sq = maybe_graphed(
+        ("adaptive-top", k_top, m, iters, tol), _fit_top, (x, noise.pool_keys, noise.first, noise.race),
+        dict(k=k_top, m=m, iters=iters, tol=tol), enabled=cuda_graphs,
+    )
+    to_host = [gram, counts, total_sq]
     if method == "silhouette":
         s = min(silhouette_sample, n)
         sample_idx = torch.rand(b, n, device=x.device, generator=gen).topk(s, dim=1).indices
-        xs = xn.gather(1, sample_idx.unsqueeze(-1).expand(-1, -1, d))
-        to_host += [torch.bmm(xs, sums.transpose(1, 2)), top.labels.gather(1, sample_idx)]
+        xs = normalize_tokens(x.gather(1, sample_idx.unsqueeze(-1).expand(-1, -1, d)))
+        to_host += [torch.bmm(xs, sums.transpose(1, 2)), labels.gather(1, sample_idx)]
     host = [t.double().cpu().numpy() if t.is_floating_point() else t.cpu().numpy() for t in to_host]  # one sync
 
     choices: list[AdaptiveChoice] = []
@@ -227,9 +228,28 @@ def adaptive_kmeans(
     width = max(c.k for c in choices)
     # warm start from the merged centroids of each chosen partition, padded to a common width
     maps = torch.as_tensor(np.stack(merge_maps), device=x.device)  # [B, K0]
-    merge = F.one_hot(maps, width).float()  # [B, K0, width]
-    init = F.normalize(torch.bmm(merge.transpose(1, 2), sums), dim=-1, eps=1e-12)
     ks_t = torch.tensor([c.k for c in choices], device=x.device)
-    active = torch.arange(width, device=x.device)[None, :] < ks_t[:, None]
-    res = lloyd(xn, init, iters=refine_iters, tol=tol, active=active)
-    return res, choices
+    out = maybe_graphed(
+        ("adaptive-refine", width, refine_iters, tol), _refine, (x, sums, maps, ks_t),
+        dict(width=width, iters=refine_iters, tol=tol), enabled=cuda_graphs,
+    )
+    return KMeansResult(*out), choices
+
+
+def _fit_top(x, keys, first, race, *, k: int, m: int, iters: int, tol: float):
+    """Sync-free first stage: fit at the top of the range, then per-cluster sums and their Gram matrix."""
+    xn = normalize_tokens(x)
+    r = lloyd(xn, seed_centres(xn, k, SeedNoise(keys, first, race), m), iters=iters, tol=tol)
+    sums = torch.bmm(one_hot(r.labels, k).transpose(1, 2), xn)  # [B, K0, D]
+    gram = torch.bmm(sums, sums.transpose(1, 2))
+    total_sq = (xn * xn).sum(dim=(1, 2))
+    return r.centroids, r.labels, r.inertia, r.counts, sums, gram, total_sq
+
+
+def _refine(x, sums, maps, ks, *, width: int, iters: int, tol: float):
+    """Sync-free last stage: Lloyd from the merged centroids, codes >= K_b masked per video."""
+    xn = normalize_tokens(x)
+    init = F.normalize(torch.bmm(one_hot(maps, width).transpose(1, 2), sums), dim=-1, eps=1e-12)
+    active = torch.arange(width, device=x.device)[None, :] < ks[:, None]
+    r = lloyd(xn, init, iters=iters, tol=tol, active=active)
+    return r.centroids, r.labels, r.inertia, r.counts

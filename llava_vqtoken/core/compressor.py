@@ -184,14 +184,14 @@ class BaselineCompressor(VideoCompressor):
         out = []
         for i in range(b):
             v = features[i]
+            budget = cfg.num_tokens
+            if cfg.name != "none" and budget is not None and budget > n:
+                raise CompressionError(f"num_tokens={budget} exceeds the video's {n} tokens")
             if cfg.name == "none":
                 tok = v.reshape(n, d)
             elif cfg.name == "pool":
-                tok = pool_tokens(v, cfg.num_tokens)
+                tok = pool_tokens(v, budget)
             else:
-                budget = cfg.num_tokens
-                if budget > n:
-                    raise CompressionError(f"num_tokens={budget} exceeds the video's {n} tokens")
                 if cfg.name == "uniform":
                     tok = uniform_tokens(v, budget)
                 elif cfg.name == "prune":

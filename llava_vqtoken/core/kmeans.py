@@ -1,10 +1,13 @@
 """Batched cosine k-means over [B, N, D] token sets.
 
-Everything stays on the device: k-means++ seeding samples with the exponential-race trick (argmin of E/w),
-the assignment is one batched matmul + argmax, the update is one one-hot matmul (the "scatter" of all
-tokens into their means at once), empty clusters are re-seeded from the worst-fitted tokens, and the
-tolerance test freezes converged videos with ``torch.where`` instead of a host sync. The result is
-deterministic for a given seed on a given device.
+Everything stays on the device and free of host synchronisation: all random numbers are drawn up
+front (so the fit itself is a pure function of tokens and noise), k-means++ seeding samples with the
+exponential-race trick (argmin of E / w), the assignment is one batched matmul + max, the update is
+one one-hot matmul (every token scattered into its mean at once), empty clusters are re-seeded from
+the worst-fitted tokens, and the tolerance test freezes converged videos with ``torch.where``.
+Being sync-free, a fit on CUDA is captured once per shape into a CUDA graph and replayed
+(:mod:`.graphs`), which removes the kernel-launch overhead that dominates at these sizes.
+Deterministic for a given seed on a given device.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .graphs import maybe_graphed
 
 
 @dataclass
@@ -37,35 +42,54 @@ def normalize_tokens(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.float(), dim=-1, eps=1e-12)
 
 
-def kmeans_plus_plus(
-    xn: torch.Tensor, k: int, generator: torch.Generator, sample: int | None = 4096, trials: int | None = None
-) -> torch.Tensor:
-    """Greedy k-means++ seeding on unit vectors ``xn`` [B, N, D] -> [B, K, D].
+def one_hot(labels: torch.Tensor, k: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[..., N] -> [..., N, K]; unlike ``F.one_hot`` it never synchronises with the host."""
+    return (labels.unsqueeze(-1) == torch.arange(k, device=labels.device)).to(dtype)
 
-    Seeds come from a seeded random subset of ``sample`` tokens (all tokens when N is smaller), which
-    keeps the K sequential steps cheap. Each step draws ``trials`` candidates (default 2 + ln K, as
-    scikit-learn does) proportionally to the squared chord distance to the nearest chosen seed, via
-    argmin(E / w) with E ~ Exp(1) (no host synchronisation), and keeps the one that lowers the total
-    potential most.
+
+@dataclass
+class SeedNoise:
+    """Random numbers for k-means++ seeding, drawn before the (deterministic) fit."""
+
+    pool_keys: torch.Tensor | None  # [B, N] uniform keys; the `sample` largest pick the seeding pool
+    first: torch.Tensor  # [B] uniform in [0, 1): the first centre
+    race: torch.Tensor  # [B, K-1, L, M] Exp(1) variates for the candidates of each later centre
+
+
+def draw_seed_noise(
+    b: int, n: int, k: int, device: torch.device, generator: torch.Generator, sample: int | None, trials: int | None
+) -> tuple[SeedNoise, int]:
+    m = n if sample is None or n <= sample else sample
+    trials = trials or (2 + int(math.log(k)))
+    keys = torch.rand(b, n, device=device, generator=generator) if m < n else None
+    first = torch.rand(b, device=device, generator=generator)
+    race = torch.empty(b, max(k - 1, 0), trials, m, device=device).exponential_(generator=generator)
+    return SeedNoise(keys, first, race), m
+
+
+def seed_centres(xn: torch.Tensor, k: int, noise: SeedNoise, m: int) -> torch.Tensor:
+    """Greedy k-means++ on unit vectors ``xn`` [B, N, D] -> [B, K, D].
+
+    Seeds come from a random subset of m tokens (all when N <= m), which keeps the K sequential
+    steps cheap. Each step draws L candidates (2 + ln K, as scikit-learn does) with probability
+    proportional to the squared chord distance to the nearest chosen seed and keeps the one that
+    lowers the total potential most.
     """
     b, n, d = xn.shape
-    dev = xn.device
-    if sample is not None and n > sample:
-        idx = torch.rand(b, n, device=dev, generator=generator).topk(sample, dim=1).indices
-        pool = xn.gather(1, idx.unsqueeze(-1).expand(b, sample, d))
+    rows = torch.arange(b, device=xn.device)
+    if noise.pool_keys is not None:
+        idx = noise.pool_keys.topk(m, dim=1).indices
+        pool = xn.gather(1, idx.unsqueeze(-1).expand(b, m, d))
     else:
         pool = xn
-    m = pool.shape[1]
-    trials = trials or (2 + int(math.log(k)))
-    rows = torch.arange(b, device=dev)
-    first = torch.randint(0, m, (b,), device=dev, generator=generator)
-    centres = torch.empty(b, k, d, device=dev, dtype=pool.dtype)
+    first = (noise.first * m).long().clamp_max(m - 1)
+    centres = torch.empty(b, k, d, device=xn.device, dtype=pool.dtype)
     centres[:, 0] = pool[rows, first]
     # squared chord distance between unit vectors = 2 - 2 cos
-    min_d2 = (2.0 - 2.0 * torch.einsum("bmd,bd->bm", pool, centres[:, 0])).clamp_min_(0.0)
+    min_d2 = (2.0 - 2.0 * torch.bmm(pool, centres[:, 0].unsqueeze(-1)).squeeze(-1)).clamp_min_(0.0)
+    trials = noise.race.shape[2]
     for j in range(1, k):
-        exp = torch.empty(b, trials, m, device=dev).exponential_(generator=generator)
-        picks = (exp / (min_d2[:, None, :] + 1e-12)).argmin(dim=2)  # [B, L]
+        picks = (noise.race[:, j - 1] / (min_d2[:, None, :] + 1e-12)).argmin(dim=2)  # [B, L]
         cand = pool.gather(1, picks.unsqueeze(-1).expand(b, trials, d))  # [B, L, D]
         d2 = (2.0 - 2.0 * torch.bmm(cand, pool.transpose(1, 2))).clamp_min_(0.0)  # [B, L, M]
         new_min = torch.minimum(min_d2[:, None, :], d2)
@@ -75,6 +99,15 @@ def kmeans_plus_plus(
     return centres
 
 
+def kmeans_plus_plus(
+    xn: torch.Tensor, k: int, generator: torch.Generator, sample: int | None = 4096, trials: int | None = None
+) -> torch.Tensor:
+    """Greedy k-means++ seeding (draws its noise from ``generator``)."""
+    b, n, _ = xn.shape
+    noise, m = draw_seed_noise(b, n, k, xn.device, generator, sample, trials)
+    return seed_centres(xn, k, noise, m)
+
+
 def assign(xn: torch.Tensor, centroids: torch.Tensor, active: torch.Tensor | None = None):
     """Nearest centroid by cosine similarity. Returns (labels [B,N], best similarity [B,N])."""
     sims = torch.bmm(xn, centroids.transpose(1, 2))  # [B, N, K]
@@ -82,10 +115,6 @@ def assign(xn: torch.Tensor, centroids: torch.Tensor, active: torch.Tensor | Non
         sims = sims.masked_fill(~active[:, None, :], float("-inf"))
     best, labels = sims.max(dim=2)
     return labels, best
-
-
-def _one_hot(labels: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
-    return F.one_hot(labels, k).to(dtype)
 
 
 def lloyd(
@@ -100,14 +129,14 @@ def lloyd(
     ``active`` [B, K] masks codes that a video does not use (adaptive K batched to a common width).
     A video stops moving once its centroids shift by less than ``tol`` (Frobenius norm).
     """
-    b, n, _ = xn.shape
+    b, n, d = xn.shape
     k = centroids.shape[1]
     done = torch.zeros(b, dtype=torch.bool, device=xn.device)
     if active is None:
         active = torch.ones(b, k, dtype=torch.bool, device=xn.device)
     for _ in range(iters):
         labels, best = assign(xn, centroids, active)
-        oh = _one_hot(labels, k, xn.dtype)  # [B, N, K]
+        oh = one_hot(labels, k, xn.dtype)  # [B, N, K]
         sums = torch.bmm(oh.transpose(1, 2), xn)  # [B, K, D]
         counts = oh.sum(dim=1)  # [B, K]
         new = F.normalize(sums, dim=-1, eps=1e-12)
@@ -115,16 +144,24 @@ def lloyd(
         empty = (counts == 0) & active
         far = (1.0 - best).topk(k, dim=1).indices  # [B, K] worst tokens first
         rank = (empty.long().cumsum(dim=1) - 1).clamp_min(0)
-        cand = xn.gather(1, far.gather(1, rank).unsqueeze(-1).expand(-1, -1, xn.shape[2]))
+        cand = xn.gather(1, far.gather(1, rank).unsqueeze(-1).expand(-1, -1, d))
         new = torch.where(empty.unsqueeze(-1), cand, new)
         new = torch.where(active.unsqueeze(-1), new, centroids)
         shift = (new - centroids).flatten(1).norm(dim=1)
         centroids = torch.where(done[:, None, None], centroids, new)
         done = done | (shift < tol)
     labels, best = assign(xn, centroids, active)
-    counts = _one_hot(labels, k, xn.dtype).sum(dim=1)
+    counts = one_hot(labels, k, xn.dtype).sum(dim=1)
     inertia = (1.0 - best).sum(dim=1)
     return KMeansResult(centroids=centroids, labels=labels, inertia=inertia, counts=counts)
+
+
+def _fit(x: torch.Tensor, keys, first, race, *, k: int, m: int, iters: int, tol: float):
+    """Pure, sync-free fixed-K fit from pre-drawn noise (what gets captured as a CUDA graph)."""
+    xn = normalize_tokens(x)
+    centres = seed_centres(xn, k, SeedNoise(keys, first, race), m)
+    r = lloyd(xn, centres, iters=iters, tol=tol)
+    return r.centroids, r.labels, r.inertia, r.counts
 
 
 def cosine_kmeans(
@@ -135,22 +172,25 @@ def cosine_kmeans(
     seed: int = 0,
     seed_sample: int | None = 4096,
     init: torch.Tensor | None = None,
+    cuda_graphs: bool = True,
 ) -> KMeansResult:
     """Cosine k-means on a batch of token sets ``x`` [B, N, D] (any float dtype; computed in fp32).
 
-    ``init`` [B, K, D] replaces k-means++ seeding (warm start). Raises ValueError on bad K or
-    non-finite input.
+    ``init`` [B, K, D] replaces k-means++ seeding (warm start). ``cuda_graphs`` replays a captured
+    graph on CUDA (same numbers, fewer launches). Raises ValueError on bad K.
     """
     if x.dim() != 3:
         raise ValueError(f"tokens must be [B, N, D], got shape {tuple(x.shape)}")
-    n = x.shape[1]
+    b, n, _ = x.shape
     if k < 1:
         raise ValueError(f"number of codes must be >= 1, got K={k}")
     if k > n:
         raise ValueError(f"number of codes K={k} exceeds the number of tokens N={n}")
-    xn = normalize_tokens(x)
-    if init is None:
-        centroids = kmeans_plus_plus(xn, k, _generator(x.device, seed), seed_sample)
-    else:
-        centroids = F.normalize(init.float(), dim=-1, eps=1e-12)
-    return lloyd(xn, centroids, iters=iters, tol=tol)
+    if init is not None:
+        return lloyd(normalize_tokens(x), F.normalize(init.float(), dim=-1, eps=1e-12), iters=iters, tol=tol)
+    noise, m = draw_seed_noise(b, n, k, x.device, _generator(x.device, seed), seed_sample, None)
+    out = maybe_graphed(
+        ("fixed", k, m, iters, tol), _fit, (x, noise.pool_keys, noise.first, noise.race),
+        dict(k=k, m=m, iters=iters, tol=tol), enabled=cuda_graphs,
+    )
+    return KMeansResult(*out)
