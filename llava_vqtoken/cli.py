@@ -58,11 +58,33 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu")
     c.add_argument("--heatmap", help="write a PNG of sampled frames over their key-map colours")
     c.add_argument("--json", action="store_true", help="print one JSON object on the last line of stdout")
+    b = sub.add_parser("bench", help="time the compressor and the end-to-end pipeline (GPU numbers need CUDA)")
+    b.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    b.add_argument("--parts", nargs="+", default=["compressor", "e2e"], choices=["compressor", "e2e"])
+    b.add_argument("--frames", type=int, default=32)
+    b.add_argument("--grid", type=int, default=27)
+    b.add_argument("--width", type=int, default=896)
+    b.add_argument("--llms", nargs="+", default=None, help="0.5b 7b (GPU default) or tiny (CPU default)")
+    b.add_argument("--vision", default=None, help="so400m (GPU default) or tiny (CPU default)")
+    b.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    b.add_argument("--attn", default="sdpa")
+    b.add_argument("--reps", type=int, default=10)
+    b.add_argument("--no-reference", action="store_true", help="skip the sync-heavy reference k-means")
+    b.add_argument("--out", help="write the JSON report here")
     m = sub.add_parser("make-video", help="write a short synthetic clip (moving coloured squares)")
     m.add_argument("out")
     m.add_argument("--frames", type=int, default=48)
     m.add_argument("--seed", type=int, default=0)
     return p
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
 
 
 def _note(msg: str) -> None:
@@ -162,6 +184,16 @@ def main(argv: list[str] | None = None) -> int:
             if a.frames < 1:
                 raise UsageError(f"--frames must be >= 1, got {a.frames}")
             print(make_video(a.out, frames=a.frames, seed=a.seed))
+            return 0
+        if a.command == "bench":
+            from .benchmarks.bench import run as run_bench
+
+            gpu = a.device.startswith("cuda")
+            a.llms = a.llms or (["0.5b", "7b"] if gpu else ["tiny"])
+            a.vision = a.vision or ("so400m" if gpu else "tiny")
+            if not gpu:
+                _note("CPU run: tiny sizes, timings only show the code paths work; GPU numbers need --device cuda")
+            run_bench(a)
             return 0
         result = run_compress(a)
     except (UsageError, ConfigError, CompressionError, VideoError) as e:

@@ -42,6 +42,7 @@ class CompressorConfig:
     codebook: code vectors as means of ``raw`` tokens (paper) or of L2-``normalized`` tokens (released code).
     apply_attention: with ``attention="released"``, False builds the module (so released checkpoints
         load with every key) but feeds the LLM the codebook only, as the released code does.
+    cuda_graphs: on CUDA, replay the clustering as a captured graph (same numbers, fewer launches).
     newline: the host appends its learned newline token after the video tokens (LLaVA-OneVision does).
     """
 
@@ -64,6 +65,7 @@ class CompressorConfig:
     ffn_dim: int = 2048
     newline: bool = True
     apply_attention: bool = True
+    cuda_graphs: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -77,3 +77,18 @@ def test_cuda_matches_cpu_partition():
     x, truth = blobs(8, n=2000, d=32, noise=0.03)
     res = cosine_kmeans(x.cuda(), 8)
     assert same_partition(res.labels[0].cpu(), truth)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replay_matches_eager():
+    from llava_vqtoken.core.adaptive import adaptive_kmeans
+
+    x = torch.randn(3, 5000, 64, device="cuda", dtype=torch.bfloat16)
+    for _ in range(2):  # capture, then replay
+        a = cosine_kmeans(x, 32, seed=4)
+    b = cosine_kmeans(x, 32, seed=4, cuda_graphs=False)
+    assert torch.equal(a.labels, b.labels)
+    assert torch.allclose(a.centroids, b.centroids)
+    ra, ca = adaptive_kmeans(x, 4, 40, "elbow")
+    rb, cb = adaptive_kmeans(x, 4, 40, "elbow", cuda_graphs=False)
+    assert [c.k for c in ca] == [c.k for c in cb] and torch.equal(ra.labels, rb.labels)
