@@ -164,77 +164,24 @@ def bench_end_to_end(
     llm: str, vision: str, device: torch.device, frames: int, batches: list[int], reps: int, attn: str,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from ..hosts.hf.features import project_video
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = build_random_model(llm, vision, device, dtype, attn)
-    inner = model.model
-    lm, head = inner.language_model, model.lm_head
-    vc = model.config.vision_config
     d = model.config.text_config.hidden_size
     text_len = 64
-    newline = inner.image_newline.to(dtype)
     vq = build_compressor(CompressorConfig(num_tokens=32), d).to(device=device, dtype=dtype).eval()
     out: dict[str, Any] = {"llm": llm, "vision": vision, "frames": frames, "attn": attn, "batches": {}}
     text = torch.randint(0, min(1000, QWEN[llm]["vocab_size"] - 2), (max(batches), text_len), device=device)
 
-    def prefill(video_tokens: torch.Tensor, b: int):
-        emb = torch.cat([video_tokens, lm.embed_tokens(text[:b])], dim=1)
-        o = lm(inputs_embeds=emb, use_cache=True)
-        return head(o.last_hidden_state[:, -1]), o.past_key_values
-
     for b in batches:
-        pixels = torch.randn(b, frames, 3, vc.image_size, vc.image_size, device=device, dtype=dtype)
-        res: dict[str, Any] = {}
-        with torch.no_grad():
-            feats = project_video(model, pixels)
-            _, t, h, w, _ = feats.shape
-            cached = torch.stack([v.tokens for v in vq(feats)])
-
-            def with_newline(tok: torch.Tensor) -> torch.Tensor:
-                return torch.cat([tok, newline.expand(tok.shape[0], 1, d)], dim=1)
-
-            def stock_tokens(f: torch.Tensor) -> torch.Tensor:
-                return with_newline(torch.stack([pool_tokens(f[i], None) for i in range(f.shape[0])]))
-
-            def vq_tokens(f: torch.Tensor) -> torch.Tensor:
-                return with_newline(torch.stack([v.tokens for v in vq(f)]))
-
-            res["vision_ms"] = timeit(lambda: project_video(model, pixels), device, reps)
-            res["compressor_ms"] = timeit(lambda: vq(feats), device, reps)
-            res["pool_ms"] = timeit(lambda: stock_tokens(feats), device, reps)
-            res["ttft_stock_ms"] = timeit(lambda: prefill(stock_tokens(project_video(model, pixels)), b), device, reps)
-            res["ttft_vqtoken_ms"] = timeit(lambda: prefill(vq_tokens(project_video(model, pixels)), b), device, reps)
-            res["ttft_floor_ms"] = timeit(
-                lambda: (project_video(model, pixels), prefill(with_newline(cached), b)), device, reps
-            )
-            res["video_tokens_stock"] = t * ((h + 1) // 2) * ((w + 1) // 2) + 1
-            res["video_tokens_vqtoken"] = cached.shape[1] + 1
-            for name, toks in (("stock", stock_tokens(feats)), ("vqtoken", vq_tokens(feats))):
-                _, cache = prefill(toks, b)
-                kv = sum(x.numel() * x.element_size() for layer in cache.layers for x in (layer.keys, layer.values))
-                res[f"kv_cache_mb_{name}"] = kv / 2**20
-                nxt = torch.zeros(b, 1, dtype=torch.long, device=device)
-
-                def decode(cache=cache, nxt=nxt, toks=toks):
-                    import copy
-
-                    c = copy.deepcopy(cache)
-                    for _ in range(16):
-                        lm(inputs_embeds=lm.embed_tokens(nxt), past_key_values=c, use_cache=True)
-
-                ms = timeit(decode, device, max(2, reps // 3), warmup=1)
-                res[f"decode_tok_s_{name}"] = 16 * b / (ms / 1000)
-            res["videos_per_s_stock"] = b / (res["ttft_stock_ms"] / 1000)
-            res["videos_per_s_vqtoken"] = b / (res["ttft_vqtoken_ms"] / 1000)
-            if device.type == "cuda":
-                res["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        res = _bench_batch(model, vq, b, frames, text[:b], reps, device, dtype)
         out["batches"][b] = res
         log(
             f"{llm:>4} b={b}: vision {res['vision_ms']:.1f} ms, compressor {res['compressor_ms']:.2f} ms, "
-            f"TTFT stock {res['ttft_stock_ms']:.1f} / vq {res['ttft_vqtoken_ms']:.1f} / floor {res['ttft_floor_ms']:.1f}"
-            f" ms, videos/s {res['videos_per_s_stock']:.2f} -> {res['videos_per_s_vqtoken']:.2f}, KV "
-            f"{res['kv_cache_mb_stock']:.1f} -> {res['kv_cache_mb_vqtoken']:.2f} MB"
+            f"TTFT stock {res['ttft_stock_ms']:.1f} / vq {res['ttft_vqtoken_ms']:.1f} / "
+            f"floor {res['ttft_floor_ms']:.1f} ms, videos/s {res['videos_per_s_stock']:.2f} -> "
+            f"{res['videos_per_s_vqtoken']:.2f}, "
+            f"KV {res['kv_cache_mb_stock']:.1f} -> {res['kv_cache_mb_vqtoken']:.2f} MB"
         )
     del model
     if device.type == "cuda":
@@ -262,3 +209,62 @@ def run(args) -> dict[str, Any]:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
     return report
+
+
+@torch.no_grad()
+def _bench_batch(model, vq, b: int, frames: int, text: torch.Tensor, reps: int, device, dtype) -> dict[str, Any]:
+    """One batch size: vision, compressor, TTFT (stock / VQToken / zero-cost floor), decode, KV cache."""
+    import copy
+
+    from ..hosts.hf.features import project_video
+
+    lm, head = model.model.language_model, model.lm_head
+    vc = model.config.vision_config
+    d = model.config.text_config.hidden_size
+    newline = model.model.image_newline.to(dtype)
+    pixels = torch.randn(b, frames, 3, vc.image_size, vc.image_size, device=device, dtype=dtype)
+    feats = project_video(model, pixels)
+    _, t, h, w, _ = feats.shape
+    cached = torch.stack([v.tokens for v in vq(feats)])
+
+    def with_newline(tok: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tok, newline.expand(tok.shape[0], 1, d)], dim=1)
+
+    def stock_tokens(f: torch.Tensor) -> torch.Tensor:
+        return with_newline(torch.stack([pool_tokens(f[i], None) for i in range(f.shape[0])]))
+
+    def vq_tokens(f: torch.Tensor) -> torch.Tensor:
+        return with_newline(torch.stack([v.tokens for v in vq(f)]))
+
+    def prefill(video_tokens: torch.Tensor):
+        emb = torch.cat([video_tokens, lm.embed_tokens(text)], dim=1)
+        o = lm(inputs_embeds=emb, use_cache=True)
+        return head(o.last_hidden_state[:, -1]), o.past_key_values
+
+    res: dict[str, Any] = {}
+    res["vision_ms"] = timeit(lambda: project_video(model, pixels), device, reps)
+    res["compressor_ms"] = timeit(lambda: vq(feats), device, reps)
+    res["pool_ms"] = timeit(lambda: stock_tokens(feats), device, reps)
+    res["ttft_stock_ms"] = timeit(lambda: prefill(stock_tokens(project_video(model, pixels))), device, reps)
+    res["ttft_vqtoken_ms"] = timeit(lambda: prefill(vq_tokens(project_video(model, pixels))), device, reps)
+    res["ttft_floor_ms"] = timeit(lambda: (project_video(model, pixels), prefill(with_newline(cached))), device, reps)
+    res["video_tokens_stock"] = t * ((h + 1) // 2) * ((w + 1) // 2) + 1
+    res["video_tokens_vqtoken"] = cached.shape[1] + 1
+    for name, toks in (("stock", stock_tokens(feats)), ("vqtoken", vq_tokens(feats))):
+        _, cache = prefill(toks)
+        kv = sum(x.numel() * x.element_size() for layer in cache.layers for x in (layer.keys, layer.values))
+        res[f"kv_cache_mb_{name}"] = kv / 2**20
+        nxt = torch.zeros(b, 1, dtype=torch.long, device=device)
+
+        def decode(cache=cache, nxt=nxt):
+            c = copy.deepcopy(cache)
+            for _ in range(16):
+                lm(inputs_embeds=lm.embed_tokens(nxt), past_key_values=c, use_cache=True)
+
+        ms = timeit(decode, device, max(2, reps // 3), warmup=1)
+        res[f"decode_tok_s_{name}"] = 16 * b / (ms / 1000)
+    res["videos_per_s_stock"] = b / (res["ttft_stock_ms"] / 1000)
+    res["videos_per_s_vqtoken"] = b / (res["ttft_vqtoken_ms"] / 1000)
+    if device.type == "cuda":
+        res["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return res
