@@ -1,0 +1,22 @@
+"""Kernel-level profile of one fixed-K fit and one adaptive fit (run on a GPU)."""
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from llava_vqtoken.benchmarks.bench import structured_features
+from llava_vqtoken.core import cosine_kmeans
+from llava_vqtoken.core.adaptive import adaptive_kmeans
+
+dev = torch.device("cuda")
+x = structured_features(1, 32, 27, 27, 896, 48, dev, torch.bfloat16).reshape(1, -1, 896)
+for _ in range(3):
+    cosine_kmeans(x, 32, cuda_graphs=False)
+    adaptive_kmeans(x, 8, 64, cuda_graphs=False)
+torch.cuda.synchronize()
+for name, fn in [("fixed", lambda: cosine_kmeans(x, 32, cuda_graphs=False)),
+                 ("adaptive", lambda: adaptive_kmeans(x, 8, 64, cuda_graphs=False))]:
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    print(f"==== {name}")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
