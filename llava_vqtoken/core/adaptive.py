@@ -200,7 +200,7 @@ def adaptive_kmeans(
     if method == "silhouette":
         s = min(silhouette_sample, n)
         sample_idx = torch.rand(b, n, device=x.device, generator=gen).topk(s, dim=1).indices
-        xs = normalize_tokens(x.gather(1, sample_idx.unsqueeze(-1).expand(-1, -1, d)))
+        xs = normalize_tokens(x.gather(1, sample_idx.unsqueeze(-1).expand(-1, -1, d))).float()
         to_host += [torch.bmm(xs, sums.transpose(1, 2)), labels.gather(1, sample_idx)]
     host = [t.double().cpu().numpy() if t.is_floating_point() else t.cpu().numpy() for t in to_host]  # one sync
 
@@ -240,9 +240,9 @@ def _fit_top(x, keys, first, race, *, k: int, m: int, iters: int, tol: float):
     """Sync-free first stage: fit at the top of the range, then per-cluster sums and their Gram matrix."""
     xn = normalize_tokens(x)
     r = lloyd(xn, seed_centres(xn, k, SeedNoise(keys, first, race), m), iters=iters, tol=tol)
-    sums = torch.bmm(one_hot(r.labels, k).transpose(1, 2), xn)  # [B, K0, D]
+    sums = torch.bmm(one_hot(r.labels, k, xn.dtype).transpose(1, 2), xn).float()  # [B, K0, D]
     gram = torch.bmm(sums, sums.transpose(1, 2))
-    total_sq = (xn * xn).sum(dim=(1, 2))
+    total_sq = xn.float().square().sum(dim=(1, 2))
     return r.centroids, r.labels, r.inertia, r.counts, sums, gram, total_sq
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .kmeans import _counts, one_hot
+
 
 def canonical_order(labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Relabel codes by first appearance (tokens are in time-major raster order).
@@ -31,13 +33,13 @@ def codebook_means(
     input, e.g. identical tokens) takes its centroid direction scaled to the mean token norm, so no
     code is ever all-zero. Accumulates in fp32, returns ``x.dtype``.
     """
-    xf = x.float()
-    src = F.normalize(xf, dim=-1, eps=1e-12) if normalized else xf
-    oh = F.one_hot(labels, k).float()  # [B, N, K]
-    counts = oh.sum(dim=1)  # [B, K]
-    sums = torch.bmm(oh.transpose(1, 2), src)
+    # sums in the input dtype (fp32 accumulation inside the matmul; the result is cast back anyway)
+    src = F.normalize(x.float(), dim=-1, eps=1e-12).to(x.dtype) if normalized else x
+    oh = one_hot(labels, k, x.dtype)  # [B, N, K]
+    counts = _counts(labels, k)
+    sums = torch.bmm(oh.transpose(1, 2), src).float()
     means = sums / counts.clamp_min(1.0).unsqueeze(-1)
-    scale = src.norm(dim=-1).mean(dim=1, keepdim=True).unsqueeze(-1)  # [B, 1, 1]
+    scale = src.float().norm(dim=-1).mean(dim=1, keepdim=True).unsqueeze(-1)  # [B, 1, 1]
     fallback = centroids.float() * scale
     means = torch.where((counts == 0).unsqueeze(-1), fallback, means)
     return means.to(x.dtype), counts

@@ -38,8 +38,16 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
 
 
 def normalize_tokens(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise the last dim in fp32 (safe for zero vectors)."""
-    return F.normalize(x.float(), dim=-1, eps=1e-12)
+    """L2-normalise the last dim (computed in fp32, safe for zero vectors), returned in the matmul dtype:
+    bf16 on CUDA (tensor cores, fp32 accumulation), fp32 on the CPU."""
+    xn = F.normalize(x.float(), dim=-1, eps=1e-12)
+    return xn.to(torch.bfloat16) if x.is_cuda else xn
+
+
+def _counts(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact member counts [B, K] in fp32 (one scatter; bf16 could not count past 256)."""
+    ones = torch.ones(labels.shape, device=labels.device, dtype=torch.float32)
+    return torch.zeros(labels.shape[0], k, device=labels.device).scatter_add_(1, labels, ones)
 
 
 def one_hot(labels: torch.Tensor, k: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -86,17 +94,17 @@ def seed_centres(xn: torch.Tensor, k: int, noise: SeedNoise, m: int) -> torch.Te
     centres = torch.empty(b, k, d, device=xn.device, dtype=pool.dtype)
     centres[:, 0] = pool[rows, first]
     # squared chord distance between unit vectors = 2 - 2 cos
-    min_d2 = (2.0 - 2.0 * torch.bmm(pool, centres[:, 0].unsqueeze(-1)).squeeze(-1)).clamp_min_(0.0)
+    min_d2 = (2.0 - 2.0 * torch.bmm(pool, centres[:, 0].unsqueeze(-1)).squeeze(-1).float()).clamp_min_(0.0)
     trials = noise.race.shape[2]
     for j in range(1, k):
         picks = (noise.race[:, j - 1] / (min_d2[:, None, :] + 1e-12)).argmin(dim=2)  # [B, L]
         cand = pool.gather(1, picks.unsqueeze(-1).expand(b, trials, d))  # [B, L, D]
-        d2 = (2.0 - 2.0 * torch.bmm(cand, pool.transpose(1, 2))).clamp_min_(0.0)  # [B, L, M]
+        d2 = (2.0 - 2.0 * torch.bmm(cand, pool.transpose(1, 2)).float()).clamp_min_(0.0)  # [B, L, M]
         new_min = torch.minimum(min_d2[:, None, :], d2)
         best = new_min.sum(dim=2).argmin(dim=1)  # [B]
         centres[:, j] = cand[rows, best]
         min_d2 = new_min[rows, best]
-    return centres
+    return centres.float()
 
 
 def kmeans_plus_plus(
@@ -110,11 +118,22 @@ def kmeans_plus_plus(
 
 def assign(xn: torch.Tensor, centroids: torch.Tensor, active: torch.Tensor | None = None):
     """Nearest centroid by cosine similarity. Returns (labels [B,N], best similarity [B,N])."""
-    sims = torch.bmm(xn, centroids.transpose(1, 2))  # [B, N, K]
+    sims = torch.bmm(xn, centroids.to(xn.dtype).transpose(1, 2))  # [B, N, K], fp32 accumulation
     if active is not None:
         sims = sims.masked_fill(~active[:, None, :], float("-inf"))
     best, labels = sims.max(dim=2)
-    return labels, best
+    return labels, best.float()
+
+
+def _worst_fitted(best: torch.Tensor, k: int) -> torch.Tensor:
+    """K distinct tokens fitted worst, cheaply: split the tokens into K chunks, take each chunk's
+    worst token, order the K candidates worst first. [B, N] -> [B, K] token indices."""
+    b, n = best.shape
+    step = n // k
+    chunks = (1.0 - best[:, : step * k]).view(b, k, step)
+    worst, arg = chunks.max(dim=2)
+    idx = arg + torch.arange(k, device=best.device) * step
+    return idx.gather(1, worst.argsort(dim=1, descending=True))
 
 
 def lloyd(
@@ -137,21 +156,21 @@ def lloyd(
     for _ in range(iters):
         labels, best = assign(xn, centroids, active)
         oh = one_hot(labels, k, xn.dtype)  # [B, N, K]
-        sums = torch.bmm(oh.transpose(1, 2), xn)  # [B, K, D]
-        counts = oh.sum(dim=1)  # [B, K]
+        sums = torch.bmm(oh.transpose(1, 2), xn).float()  # [B, K, D]: all means in one matmul
+        counts = _counts(labels, k)
         new = F.normalize(sums, dim=-1, eps=1e-12)
-        # Re-seed empty (but active) clusters with the tokens fitted worst, one distinct token each.
+        # Re-seed empty (but active) clusters with badly fitted tokens, one distinct token each.
         empty = (counts == 0) & active
-        far = (1.0 - best).topk(k, dim=1).indices  # [B, K] worst tokens first
+        far = _worst_fitted(best, k)  # [B, K] worst first
         rank = (empty.long().cumsum(dim=1) - 1).clamp_min(0)
-        cand = xn.gather(1, far.gather(1, rank).unsqueeze(-1).expand(-1, -1, d))
+        cand = xn.gather(1, far.gather(1, rank).unsqueeze(-1).expand(-1, -1, d)).float()
         new = torch.where(empty.unsqueeze(-1), cand, new)
         new = torch.where(active.unsqueeze(-1), new, centroids)
         shift = (new - centroids).flatten(1).norm(dim=1)
         centroids = torch.where(done[:, None, None], centroids, new)
         done = done | (shift < tol)
     labels, best = assign(xn, centroids, active)
-    counts = one_hot(labels, k, xn.dtype).sum(dim=1)
+    counts = _counts(labels, k)
     inertia = (1.0 - best).sum(dim=1)
     return KMeansResult(centroids=centroids, labels=labels, inertia=inertia, counts=counts)
 

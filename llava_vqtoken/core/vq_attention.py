@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .kmeans import one_hot
+
 
 def grid_coordinates(frames: int, height: int, width: int, device: torch.device) -> torch.Tensor:
     """Normalised (t, h, w) in [0, 1] for every token in time-major raster order -> [T*H*W, 3]."""
@@ -41,7 +43,7 @@ def footprint_stats(
     labels = key_map.reshape(b, -1)
     coords = grid_coordinates(t, h, w, key_map.device)  # [N, 3]
     feats = torch.cat([fourier_features(coords, freqs), coords, coords**2], dim=-1)  # [N, F0]
-    oh = F.one_hot(labels, k).float()  # [B, N, K]
+    oh = one_hot(labels, k)  # [B, N, K]
     counts = oh.sum(dim=1)  # [B, K]
     mean = torch.einsum("bnk,nf->bkf", oh, feats) / counts.clamp_min(1.0)[..., None]
     # spread of (t, h, w): E[c^2] - E[c]^2
