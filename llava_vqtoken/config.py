@@ -55,7 +55,7 @@ class CompressorConfig:
     refine_iters: int = 10
     tol: float = 1e-4
     seed: int = 0
-    seed_sample: int = 4096
+    seed_sample: int = 2048
     silhouette_sample: int = 2048
     attention: str = "paper"
     hash: str = "kmeans"

@@ -208,3 +208,24 @@ def test_property_token_counts(t, h, w, d, k, name, seed):
     assert torch.isfinite(out.tokens).all()
     if name == "vqtoken":
         assert out.num_tokens == k and out.key_map.shape == (t, h, w) and out.key_map.max() < k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("adaptive", [None, "elbow"])
+def test_cuda_graph_compressor_matches_eager(adaptive):
+    x = feats(b=2, t=8, h=9, w=9, d=64).cuda().to(torch.bfloat16)
+    cfg = CompressorConfig(num_tokens=16, adaptive=adaptive, min_codes=4, max_codes=24)
+    fast = build_compressor(cfg, 64).cuda().to(torch.bfloat16).eval()
+    slow = build_compressor(cfg.replace(cuda_graphs=False), 64).cuda().to(torch.bfloat16).eval()
+    slow.load_state_dict(fast.state_dict())
+    with torch.no_grad():
+        for _ in range(2):
+            a = fast(x)
+        b = slow(x)
+    for oa, ob in zip(a, b):
+        assert oa.num_codes == ob.num_codes and torch.equal(oa.key_map, ob.key_map)
+        assert torch.allclose(oa.tokens.float(), ob.tokens.float(), atol=1e-2)
+    bad = x.clone()
+    bad[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(CompressionError, match="NaN"), torch.no_grad():
+        fast(bad)

@@ -172,7 +172,7 @@ def adaptive_kmeans(
     refine_iters: int = 10,
     tol: float = 1e-4,
     seed: int = 0,
-    seed_sample: int | None = 4096,
+    seed_sample: int | None = 2048,
     silhouette_sample: int = 2048,
     cuda_graphs: bool = True,
 ) -> tuple[KMeansResult, list[AdaptiveChoice]]:

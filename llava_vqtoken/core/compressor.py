@@ -23,6 +23,7 @@ from .baselines import (
     tome_tokens,
     uniform_tokens,
 )
+from .graphs import maybe_graphed
 from .keymap import canonical_order, codebook_means, key_map_grid
 from .kmeans import cosine_kmeans
 from .vq_attention import ReleasedVQAttention, VQAttention
@@ -121,6 +122,16 @@ class VQTokenCompressor(VideoCompressor):
         g.manual_seed(self.config.seed + offset)
         return g
 
+    def forward(self, features: torch.Tensor) -> list[CompressedVideo]:
+        # the finiteness check is folded into the computation (one sync at the end, not one up front)
+        if features.dim() != 5 or 0 in features.shape:
+            check_features(features)
+        if features.shape[-1] != self.hidden_size:
+            raise CompressionError(
+                f"features have width {features.shape[-1]} but the compressor was built for {self.hidden_size}"
+            )
+        return self.compress(features)
+
     def compress(self, features: torch.Tensor) -> list[CompressedVideo]:
         cfg = self.config
         b, t, h, w, d = features.shape
@@ -135,6 +146,7 @@ class VQTokenCompressor(VideoCompressor):
                 )
                 ks = [cfg.num_tokens] * b
                 choices = None
+                active = torch.ones(b, cfg.num_tokens, dtype=torch.bool, device=x.device)
             else:
                 if cfg.max_codes > n:
                     raise CompressionError(f"max_codes={cfg.max_codes} exceeds the video's {n} tokens")
@@ -143,28 +155,28 @@ class VQTokenCompressor(VideoCompressor):
                     cfg.seed, cfg.seed_sample, cfg.silhouette_sample, cfg.cuda_graphs,
                 )
                 ks = [c.k for c in choices]
-            width = res.centroids.shape[1]
-            labels, perm = canonical_order(res.labels, width)
-            centroids = res.centroids.gather(1, perm.unsqueeze(-1).expand(-1, -1, d))
-            active = torch.arange(width, device=x.device)[None, :] < torch.tensor(ks, device=x.device)[:, None]
-        codebook, counts = codebook_means(x, labels, width, centroids, normalized=cfg.codebook == "normalized")
-        key_map = key_map_grid(labels, t, h, w)
-        attn_map = key_map
-        if cfg.hash == "random":
-            r = torch.rand(b, n, device=x.device, generator=self._generator(x.device, 1))
-            attn_map = key_map_grid((r * torch.tensor(ks, device=x.device)[:, None]).long(), t, h, w)
-        outs: list[torch.Tensor]
-        if isinstance(self.attention, VQAttention):
-            gen = self._generator(x.device, 2) if cfg.attention == "random" else None
-            tok = self.attention(codebook, attn_map, active=active, generator=gen)
-            outs = [tok[i, : ks[i]] for i in range(b)]
-        elif isinstance(self.attention, ReleasedVQAttention) and cfg.apply_attention:
-            outs = [self.attention(codebook[i, : ks[i]], attn_map[i]) for i in range(b)]
+                width = res.centroids.shape[1]
+                active = torch.arange(width, device=x.device)[None, :] < torch.tensor(ks, device=x.device)[:, None]
+        needs_grad = torch.is_grad_enabled() and (
+            features.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+        graphable = cfg.hash == "kmeans" and cfg.attention != "random" and not (
+            cfg.attention == "released" and cfg.apply_attention
+        )
+        params = tuple(p.data_ptr() for p in self.parameters())
+        tokens, key_map, codebook, finite = maybe_graphed(
+            ("vqtoken-post", id(self), params, t, h, w), self._post, (x, res.labels, res.centroids, active),
+            dict(frames=t, height=h, width=w), enabled=cfg.cuda_graphs and graphable and not needs_grad,
+        )
+        if not bool(finite):  # the one host sync of a fixed-K call
+            raise CompressionError("video features contain NaN or Inf; check the vision tower's dtype and input frames")
+        if isinstance(self.attention, ReleasedVQAttention) and cfg.apply_attention:
+            outs = [self.attention(codebook[i, : ks[i]], key_map[i]) for i in range(b)]
         else:
-            outs = [codebook[i, : ks[i]] for i in range(b)]
+            outs = [tokens[i, : ks[i]] for i in range(b)]
         videos = []
         for i in range(b):
-            stats: dict[str, Any] = {"num_codes": ks[i], "inertia": float(res.inertia[i])}
+            stats: dict[str, Any] = {"num_codes": ks[i], "inertia": res.inertia[i]}
             if choices is not None:
                 stats.update(clamped=choices[i].clamped, k_unclamped=choices[i].k_unclamped)
             videos.append(
@@ -174,6 +186,27 @@ class VQTokenCompressor(VideoCompressor):
                 )
             )
         return videos
+
+    def _post(self, x, labels, centroids, active, *, frames: int, height: int, width: int):
+        """Clustering -> (tokens, key map, codebook, all-finite flag); sync-free, so graph-capturable."""
+        cfg = self.config
+        b, n, d = x.shape
+        k = centroids.shape[1]
+        finite = torch.isfinite(x).all()
+        labels, perm = canonical_order(labels, k)
+        centroids = centroids.gather(1, perm.unsqueeze(-1).expand(-1, -1, d))
+        codebook, _ = codebook_means(x, labels, k, centroids, normalized=cfg.codebook == "normalized")
+        key_map = key_map_grid(labels, frames, height, width)
+        attn_map = key_map
+        if cfg.hash == "random":
+            ks = active.sum(dim=1, keepdim=True)
+            r = torch.rand(b, n, device=x.device, generator=self._generator(x.device, 1))
+            attn_map = key_map_grid((r * ks).long(), frames, height, width)
+        tokens = codebook
+        if isinstance(self.attention, VQAttention):
+            gen = self._generator(x.device, 2) if cfg.attention == "random" else None
+            tokens = self.attention(codebook, attn_map, active=active, generator=gen)
+        return tokens, key_map, codebook, finite
 
 
 class BaselineCompressor(VideoCompressor):

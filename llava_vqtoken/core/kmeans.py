@@ -38,10 +38,10 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
 
 
 def normalize_tokens(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise the last dim (computed in fp32, safe for zero vectors), returned in the matmul dtype:
+    """L2-normalise the last dim (norms in fp32, safe for zero vectors), returned in the matmul dtype:
     bf16 on CUDA (tensor cores, fp32 accumulation), fp32 on the CPU."""
-    xn = F.normalize(x.float(), dim=-1, eps=1e-12)
-    return xn.to(torch.bfloat16) if x.is_cuda else xn
+    inv = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).clamp_min_(1e-12).reciprocal_()
+    return (x * inv).to(torch.bfloat16 if x.is_cuda else torch.float32)
 
 
 def _counts(labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -76,12 +76,13 @@ def draw_seed_noise(
 
 
 def seed_centres(xn: torch.Tensor, k: int, noise: SeedNoise, m: int) -> torch.Tensor:
-    """Greedy k-means++ on unit vectors ``xn`` [B, N, D] -> [B, K, D].
+    """Greedy k-means++ on unit vectors ``xn`` [B, N, D] -> [B, K, D] (fp32).
 
     Seeds come from a random subset of m tokens (all when N <= m), which keeps the K sequential
     steps cheap. Each step draws L candidates (2 + ln K, as scikit-learn does) with probability
     proportional to the squared chord distance to the nearest chosen seed and keeps the one that
-    lowers the total potential most.
+    lowers the total potential most. On CUDA the pool's Gram matrix is computed once (one
+    tensor-core matmul), so each step only gathers L rows of it instead of running a matmul.
     """
     b, n, d = xn.shape
     rows = torch.arange(b, device=xn.device)
@@ -90,21 +91,26 @@ def seed_centres(xn: torch.Tensor, k: int, noise: SeedNoise, m: int) -> torch.Te
         pool = xn.gather(1, idx.unsqueeze(-1).expand(b, m, d))
     else:
         pool = xn
-    first = (noise.first * m).long().clamp_max(m - 1)
-    centres = torch.empty(b, k, d, device=xn.device, dtype=pool.dtype)
-    centres[:, 0] = pool[rows, first]
-    # squared chord distance between unit vectors = 2 - 2 cos
-    min_d2 = (2.0 - 2.0 * torch.bmm(pool, centres[:, 0].unsqueeze(-1)).squeeze(-1).float()).clamp_min_(0.0)
-    trials = noise.race.shape[2]
+    gram = torch.bmm(pool, pool.transpose(1, 2)) if xn.is_cuda else None  # [B, M, M]
+
+    def dist2(index: torch.Tensor) -> torch.Tensor:
+        """Squared chord distance (2 - 2 cos) from pool tokens ``index`` [B, L] to the pool -> [B, L, M]."""
+        if gram is not None:
+            sims = gram.gather(1, index.unsqueeze(-1).expand(-1, -1, m))
+        else:
+            sims = torch.bmm(pool.gather(1, index.unsqueeze(-1).expand(-1, -1, d)), pool.transpose(1, 2))
+        return (2.0 - 2.0 * sims.float()).clamp_min_(0.0)
+
+    picked = torch.empty(b, k, dtype=torch.long, device=xn.device)
+    picked[:, 0] = (noise.first * m).long().clamp_max(m - 1)
+    min_d2 = dist2(picked[:, :1])[:, 0]
     for j in range(1, k):
-        picks = (noise.race[:, j - 1] / (min_d2[:, None, :] + 1e-12)).argmin(dim=2)  # [B, L]
-        cand = pool.gather(1, picks.unsqueeze(-1).expand(b, trials, d))  # [B, L, D]
-        d2 = (2.0 - 2.0 * torch.bmm(cand, pool.transpose(1, 2)).float()).clamp_min_(0.0)  # [B, L, M]
-        new_min = torch.minimum(min_d2[:, None, :], d2)
+        cand = (noise.race[:, j - 1] / (min_d2[:, None, :] + 1e-12)).argmin(dim=2)  # [B, L]
+        new_min = torch.minimum(min_d2[:, None, :], dist2(cand))  # [B, L, M]
         best = new_min.sum(dim=2).argmin(dim=1)  # [B]
-        centres[:, j] = cand[rows, best]
+        picked[:, j] = cand[rows, best]
         min_d2 = new_min[rows, best]
-    return centres.float()
+    return pool.gather(1, picked.unsqueeze(-1).expand(-1, -1, d)).float()
 
 
 def kmeans_plus_plus(
@@ -120,7 +126,7 @@ def assign(xn: torch.Tensor, centroids: torch.Tensor, active: torch.Tensor | Non
     """Nearest centroid by cosine similarity. Returns (labels [B,N], best similarity [B,N])."""
     sims = torch.bmm(xn, centroids.to(xn.dtype).transpose(1, 2))  # [B, N, K], fp32 accumulation
     if active is not None:
-        sims = sims.masked_fill(~active[:, None, :], float("-inf"))
+        sims = sims.masked_fill_(~active[:, None, :], float("-inf"))
     best, labels = sims.max(dim=2)
     return labels, best.float()
 
@@ -151,10 +157,11 @@ def lloyd(
     b, n, d = xn.shape
     k = centroids.shape[1]
     done = torch.zeros(b, dtype=torch.bool, device=xn.device)
+    masked = active
     if active is None:
         active = torch.ones(b, k, dtype=torch.bool, device=xn.device)
     for _ in range(iters):
-        labels, best = assign(xn, centroids, active)
+        labels, best = assign(xn, centroids, masked)
         oh = one_hot(labels, k, xn.dtype)  # [B, N, K]
         sums = torch.bmm(oh.transpose(1, 2), xn).float()  # [B, K, D]: all means in one matmul
         counts = _counts(labels, k)
@@ -169,7 +176,7 @@ def lloyd(
         shift = (new - centroids).flatten(1).norm(dim=1)
         centroids = torch.where(done[:, None, None], centroids, new)
         done = done | (shift < tol)
-    labels, best = assign(xn, centroids, active)
+    labels, best = assign(xn, centroids, masked)
     counts = _counts(labels, k)
     inertia = (1.0 - best).sum(dim=1)
     return KMeansResult(centroids=centroids, labels=labels, inertia=inertia, counts=counts)
@@ -189,7 +196,7 @@ def cosine_kmeans(
     iters: int = 20,
     tol: float = 1e-4,
     seed: int = 0,
-    seed_sample: int | None = 4096,
+    seed_sample: int | None = 2048,
     init: torch.Tensor | None = None,
     cuda_graphs: bool = True,
 ) -> KMeansResult:
