@@ -123,8 +123,9 @@ class VQTokenCompressor(VideoCompressor):
         return g
 
     def forward(self, features: torch.Tensor) -> list[CompressedVideo]:
-        # the finiteness check is folded into the computation (one sync at the end, not one up front)
-        if features.dim() != 5 or 0 in features.shape:
+        # fixed K: the finiteness check is folded into the computation (one sync at the end, not one
+        # up front); adaptive K syncs anyway, so it checks first
+        if features.dim() != 5 or 0 in features.shape or self.config.adaptive is not None:
             check_features(features)
         if features.shape[-1] != self.hidden_size:
             raise CompressionError(
