@@ -142,51 +142,85 @@ def _worst_fitted(best: torch.Tensor, k: int) -> torch.Tensor:
     return idx.gather(1, worst.argsort(dim=1, descending=True))
 
 
+def lloyd_step(
+    xn: torch.Tensor,
+    centroids: torch.Tensor,
+    done: torch.Tensor,
+    active: torch.Tensor,
+    masked: bool,
+    tol: float,
+    reseed: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One spherical k-means step: assign, take the means (one matmul), optionally re-seed empty
+    clusters, freeze videos whose centroids moved less than ``tol``. Returns (centroids, done)."""
+    k, d = centroids.shape[1], xn.shape[2]
+    labels, best = assign(xn, centroids, active if masked else None)
+    oh = one_hot(labels, k, xn.dtype)  # [B, N, K]
+    sums = torch.bmm(oh.transpose(1, 2), xn).float()  # [B, K, D]: all means in one matmul
+    new = F.normalize(sums, dim=-1, eps=1e-12)
+    if reseed:
+        # Re-seed empty (but active) clusters with badly fitted tokens, one distinct token each.
+        # (an empty cluster's sum is zero, so its normalised mean is exactly zero)
+        empty = (new.abs().sum(dim=-1) == 0) & active
+        far = _worst_fitted(best, k)  # [B, K] worst first
+        rank = (empty.long().cumsum(dim=1) - 1).clamp_min(0)
+        cand = xn.gather(1, far.gather(1, rank).unsqueeze(-1).expand(-1, -1, d)).float()
+        new = torch.where(empty.unsqueeze(-1), cand, new)
+    else:
+        new = torch.where(new.abs().sum(dim=-1, keepdim=True) == 0, centroids, new)  # empty: stay put
+    new = torch.where(active.unsqueeze(-1), new, centroids)
+    shift = (new - centroids).flatten(1).norm(dim=1)
+    centroids = torch.where(done[:, None, None], centroids, new)
+    return centroids, done | (shift < tol)
+
+
+_COMPILED_STEP = None
+
+
+def _step_fn(compiled: bool):
+    global _COMPILED_STEP
+    if not compiled:
+        return lloyd_step
+    if _COMPILED_STEP is None:
+        _COMPILED_STEP = torch.compile(lloyd_step, dynamic=False, fullgraph=True)
+    return _COMPILED_STEP
+
+
 def lloyd(
     xn: torch.Tensor,
     centroids: torch.Tensor,
     iters: int,
     tol: float = 1e-4,
     active: torch.Tensor | None = None,
+    reseed_every: int = 3,
+    compiled: bool = False,
 ) -> KMeansResult:
     """Run ``iters`` Lloyd steps of spherical k-means from ``centroids`` (unit norm) on ``xn``.
 
     ``active`` [B, K] masks codes that a video does not use (adaptive K batched to a common width).
-    A video stops moving once its centroids shift by less than ``tol`` (Frobenius norm).
+    A video stops moving once its centroids shift by less than ``tol`` (Frobenius norm). Empty
+    clusters are re-seeded on every ``reseed_every``-th step (from the second), which is enough in
+    practice and keeps the other steps lean. ``compiled`` runs each step through ``torch.compile``.
     """
-    b, n, d = xn.shape
-    k = centroids.shape[1]
+    b, k = xn.shape[0], centroids.shape[1]
     done = torch.zeros(b, dtype=torch.bool, device=xn.device)
-    masked = active
+    masked = active is not None
     if active is None:
         active = torch.ones(b, k, dtype=torch.bool, device=xn.device)
-    for _ in range(iters):
-        labels, best = assign(xn, centroids, masked)
-        oh = one_hot(labels, k, xn.dtype)  # [B, N, K]
-        sums = torch.bmm(oh.transpose(1, 2), xn).float()  # [B, K, D]: all means in one matmul
-        counts = _counts(labels, k)
-        new = F.normalize(sums, dim=-1, eps=1e-12)
-        # Re-seed empty (but active) clusters with badly fitted tokens, one distinct token each.
-        empty = (counts == 0) & active
-        far = _worst_fitted(best, k)  # [B, K] worst first
-        rank = (empty.long().cumsum(dim=1) - 1).clamp_min(0)
-        cand = xn.gather(1, far.gather(1, rank).unsqueeze(-1).expand(-1, -1, d)).float()
-        new = torch.where(empty.unsqueeze(-1), cand, new)
-        new = torch.where(active.unsqueeze(-1), new, centroids)
-        shift = (new - centroids).flatten(1).norm(dim=1)
-        centroids = torch.where(done[:, None, None], centroids, new)
-        done = done | (shift < tol)
-    labels, best = assign(xn, centroids, masked)
+    step = _step_fn(compiled)
+    for i in range(iters):
+        centroids, done = step(xn, centroids, done, active, masked, tol, i % reseed_every == 1 or iters == 1)
+    labels, best = assign(xn, centroids, active if masked else None)
     counts = _counts(labels, k)
     inertia = (1.0 - best).sum(dim=1)
     return KMeansResult(centroids=centroids, labels=labels, inertia=inertia, counts=counts)
 
 
-def _fit(x: torch.Tensor, keys, first, race, *, k: int, m: int, iters: int, tol: float):
+def _fit(x: torch.Tensor, keys, first, race, *, k: int, m: int, iters: int, tol: float, compiled: bool = False):
     """Pure, sync-free fixed-K fit from pre-drawn noise (what gets captured as a CUDA graph)."""
     xn = normalize_tokens(x)
     centres = seed_centres(xn, k, SeedNoise(keys, first, race), m)
-    r = lloyd(xn, centres, iters=iters, tol=tol)
+    r = lloyd(xn, centres, iters=iters, tol=tol, compiled=compiled)
     return r.centroids, r.labels, r.inertia, r.counts
 
 
@@ -199,6 +233,7 @@ def cosine_kmeans(
     seed_sample: int | None = 2048,
     init: torch.Tensor | None = None,
     cuda_graphs: bool = True,
+    compiled: bool = False,
 ) -> KMeansResult:
     """Cosine k-means on a batch of token sets ``x`` [B, N, D] (any float dtype; computed in fp32).
 
@@ -217,6 +252,6 @@ def cosine_kmeans(
     noise, m = draw_seed_noise(b, n, k, x.device, _generator(x.device, seed), seed_sample, None)
     out = maybe_graphed(
         ("fixed", k, m, iters, tol), _fit, (x, noise.pool_keys, noise.first, noise.race),
-        dict(k=k, m=m, iters=iters, tol=tol), enabled=cuda_graphs,
+        dict(k=k, m=m, iters=iters, tol=tol, compiled=compiled), enabled=cuda_graphs,
     )
     return KMeansResult(*out)
