@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--attn", default="sdpa")
     b.add_argument("--reps", type=int, default=10)
     b.add_argument("--no-reference", action="store_true", help="skip the sync-heavy reference k-means")
+    b.add_argument("--compile", action="store_true", help="end to end: torch.compile the Lloyd steps")
     b.add_argument("--out", help="write the JSON report here")
     m = sub.add_parser("make-video", help="write a short synthetic clip (moving coloured squares)")
     m.add_argument("out")

@@ -77,24 +77,34 @@ def bench_compressor(
     x8 = structured_features(8, frames, grid, grid, width, 48, device, dtype, seed=1)
     flat1, flat8 = x1.reshape(1, n, width), x8.reshape(8, n, width)
     r: dict[str, Any] = {"frames": frames, "grid": grid, "width": width, "tokens": n, "dtype": str(dtype)}
+    def vq_module(**kw: Any):
+        return build_compressor(CompressorConfig(**kw), width).to(device=device, dtype=dtype).eval()
+
+    vq, vq_c = vq_module(num_tokens=32), vq_module(num_tokens=32, compile=True)
+    ada = dict(num_tokens=None, adaptive="elbow", min_codes=8, max_codes=64)
+    vqa, vqa_c = vq_module(**ada), vq_module(**ada, compile=True)
+    t0 = time.perf_counter()
+    cosine_kmeans(flat1, 32, compiled=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    r["first_compiled_call_s"] = time.perf_counter() - t0
+    log(f"first call with torch.compile (compile + graph capture): {r['first_compiled_call_s']:.1f} s")
     rows: list[tuple[str, Callable[[], Any], int]] = [
-        ("kmeans fixed K=32 (graph)", lambda: cosine_kmeans(flat1, 32, iters=20), 1),
-        ("kmeans fixed K=32 (eager)", lambda: cosine_kmeans(flat1, 32, iters=20, cuda_graphs=False), 1),
-        ("kmeans fixed K=32, 10 iters (graph)", lambda: cosine_kmeans(flat1, 32, iters=10), 1),
-        ("kmeans fixed K=32 (graph + compiled step)", lambda: cosine_kmeans(flat1, 32, iters=20, compiled=True), 1),
-        ("kmeans K=32, 10 iters (graph + compiled)", lambda: cosine_kmeans(flat1, 32, iters=10, compiled=True), 1),
-        ("adaptive elbow K in 8..64", lambda: adaptive_kmeans(flat1, 8, 64, "elbow"), 1),
-        ("adaptive silhouette K in 8..64", lambda: adaptive_kmeans(flat1, 8, 64, "silhouette"), 1),
-        ("kmeans fixed K=32, batch 8", lambda: cosine_kmeans(flat8, 32, iters=20), 8),
+        ("kmeans K=32 (10 it, graph)", lambda: cosine_kmeans(flat1, 32), 1),
+        ("kmeans K=32 (10 it, eager)", lambda: cosine_kmeans(flat1, 32, cuda_graphs=False), 1),
+        ("kmeans K=32 (20 it, graph)", lambda: cosine_kmeans(flat1, 32, iters=20), 1),
+        ("kmeans K=32 (10 it, graph + compile)", lambda: cosine_kmeans(flat1, 32, compiled=True), 1),
+        ("adaptive elbow 8..64", lambda: adaptive_kmeans(flat1, 8, 64, "elbow"), 1),
+        ("adaptive elbow 8..64 (compile)", lambda: adaptive_kmeans(flat1, 8, 64, "elbow", compiled=True), 1),
+        ("adaptive silhouette 8..64", lambda: adaptive_kmeans(flat1, 8, 64, "silhouette"), 1),
+        ("kmeans K=32, batch 8", lambda: cosine_kmeans(flat8, 32), 8),
+        ("kmeans K=32, batch 8 (compile)", lambda: cosine_kmeans(flat8, 32, compiled=True), 8),
         ("adaptive elbow 8..64, batch 8", lambda: adaptive_kmeans(flat8, 8, 64, "elbow"), 8),
-    ]
-    vq = build_compressor(CompressorConfig(num_tokens=32), width).to(device=device, dtype=dtype).eval()
-    vqa = build_compressor(CompressorConfig(num_tokens=None, adaptive="elbow", min_codes=8, max_codes=64), width)
-    vqa = vqa.to(device=device, dtype=dtype).eval()
-    rows += [
-        ("VQToken module fixed K=32 (+attention)", lambda: vq(x1), 1),
-        ("VQToken module adaptive 8..64 (+attention)", lambda: vqa(x1), 1),
-        ("VQToken module fixed K=32, batch 8", lambda: vq(x8), 8),
+        ("VQToken module K=32 (+attention)", lambda: vq(x1), 1),
+        ("VQToken module K=32 (+attention, compile)", lambda: vq_c(x1), 1),
+        ("VQToken module adaptive 8..64", lambda: vqa(x1), 1),
+        ("VQToken module adaptive 8..64 (compile)", lambda: vqa_c(x1), 1),
+        ("VQToken module K=32, batch 8 (compile)", lambda: vq_c(x8), 8),
     ]
     if reference:
         rows += [
@@ -173,14 +183,15 @@ def build_random_model(llm: str, vision: str, device: torch.device, dtype: torch
 
 def bench_end_to_end(
     llm: str, vision: str, device: torch.device, frames: int, batches: list[int], reps: int, attn: str,
-    log: Callable[[str], None],
+    log: Callable[[str], None], compile_steps: bool = False,
 ) -> dict[str, Any]:
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = build_random_model(llm, vision, device, dtype, attn)
     d = model.config.text_config.hidden_size
     text_len = 64
-    vq = build_compressor(CompressorConfig(num_tokens=32), d).to(device=device, dtype=dtype).eval()
+    vq = build_compressor(CompressorConfig(num_tokens=32, compile=compile_steps), d).to(device=device, dtype=dtype)
+    vq.eval()
     out: dict[str, Any] = {"llm": llm, "vision": vision, "frames": frames, "attn": attn, "batches": {}}
     text = torch.randint(0, min(1000, QWEN[llm]["vocab_size"] - 2), (max(batches), text_len), device=device)
 
@@ -213,7 +224,9 @@ def run(args) -> dict[str, Any]:
         )
     if "e2e" in args.parts:
         report["e2e"] = [
-            bench_end_to_end(llm, args.vision, device, args.frames, args.batches, args.reps, args.attn, log)
+            bench_end_to_end(
+                llm, args.vision, device, args.frames, args.batches, args.reps, args.attn, log, args.compile
+            )
             for llm in args.llms
         ]
     if args.out:

@@ -32,74 +32,78 @@ class AdaptiveChoice:
     scores: dict[int, float]  # criterion value per candidate K (distortion for elbow)
 
 
-def ward_merge_tree(gram: np.ndarray, counts: np.ndarray, total_sq: float) -> tuple[np.ndarray, np.ndarray]:
+def ward_merge_tree(gram: np.ndarray, counts: np.ndarray, total_sq: float) -> tuple[list[tuple[int, int]], np.ndarray]:
     """Ward agglomeration of K0 clusters described by their sum Gram matrix and sizes.
 
-    Returns ``(groups, distortion)``: ``groups[k]`` [K0] maps each original cluster to one of k merged
-    groups (rows k = 1..K0 are filled), and ``distortion[k]`` is the sum of squared distances of the
-    tokens to their group means (``total_sq`` = sum of squared token norms). Merging i and j raises
+    Returns ``(merges, distortion)``: the merges in order (cluster j joins cluster i), and
+    ``distortion[k]`` (k = 1..K0), the sum of squared distances of the tokens to their group means
+    for the k-group partition (``total_sq`` = sum of squared token norms). Merging i and j raises
     that sum by exactly n_i n_j / (n_i + n_j) ||mu_i - mu_j||^2, so the curve comes for free.
+    Empty clusters (degenerate inputs only) are merged first, at no cost.
     """
     k0 = counts.shape[0]
     g = gram.astype(np.float64).copy()
     n = counts.astype(np.float64).copy()
-    groups = np.zeros((k0 + 1, k0), dtype=np.int64)
-    distortion = np.full(k0 + 1, np.nan)
-    parent = np.arange(k0)
     alive = n > 0
     if not alive.any():
         alive[0] = True
-    # empty clusters (degenerate inputs only) join the first live one at no cost
     first = int(np.flatnonzero(alive)[0])
-    parent[~alive] = first
+    merges = [(first, j) for j in np.flatnonzero(~alive)]
+    distortion = np.full(k0 + 1, np.nan)
     n_safe = np.maximum(n, 1.0)
+    diag = np.diag(g).copy()
 
     def cost_row(i: int) -> np.ndarray:
-        d = g[i, i] / n_safe[i] ** 2 + np.diag(g) / n_safe**2 - 2.0 * g[i] / (n_safe[i] * n_safe)
-        c = n[i] * n / (n[i] + n + 1e-300) * np.maximum(d, 0.0)
+        d = diag[i] / n_safe[i] ** 2 + diag / n_safe**2 - 2.0 * g[i] / (n_safe[i] * n_safe)
+        c = n[i] * n / (n[i] + n) * np.maximum(d, 0.0)
         c[~alive] = np.inf
         c[i] = np.inf
         return c
 
-    cost = np.stack([cost_row(i) for i in range(k0)])
+    mu_sq = diag / n_safe**2
+    d_all = mu_sq[:, None] + mu_sq[None, :] - 2.0 * g / (n_safe[:, None] * n_safe[None, :])
+    cost = n[:, None] * n[None, :] / np.maximum(n[:, None] + n[None, :], 1.0) * np.maximum(d_all, 0.0)
     cost[~alive, :] = np.inf
+    cost[:, ~alive] = np.inf
+    np.fill_diagonal(cost, np.inf)
     live = int(alive.sum())
-    sse = total_sq - float(np.sum(np.diag(g)[alive] / n_safe[alive]))
-
-    def record(k: int) -> None:
-        roots = parent.copy()
-        for _ in range(k0):  # path compression by repeated lookup (K0 is small)
-            nxt = parent[roots]
-            if np.array_equal(nxt, roots):
-                break
-            roots = nxt
-        _, inv = np.unique(roots, return_inverse=True)
-        groups[k] = inv
-        distortion[k] = max(sse, 0.0)
-
-    record(live)
+    sse = total_sq - float(np.sum(diag[alive] / n_safe[alive]))
+    distortion[live:] = max(sse, 0.0)
     while live > 1:
         flat = int(np.argmin(cost))
         i, j = divmod(flat, k0)
         sse += float(cost[i, j])
         g[i, :] += g[j, :]
         g[:, i] += g[:, j]
+        diag[i] = g[i, i]
         n[i] += n[j]
         n_safe[i] = n[i]
         alive[j] = False
-        parent[parent == j] = i
-        parent[j] = i
+        merges.append((i, j))
         cost[j, :] = np.inf
         cost[:, j] = np.inf
         row = cost_row(i)
         cost[i, :] = row
         cost[:, i] = row
         live -= 1
-        record(live)
-    for k in range(live - 1, 0, -1):  # fewer groups than live clusters cannot occur; keep rows defined
-        groups[k] = groups[live]
-        distortion[k] = distortion[live]
-    return groups, distortion
+        distortion[live] = max(sse, 0.0)
+    return merges, distortion
+
+
+def partition_levels(merges: list[tuple[int, int]], k0: int, ks: list[int]) -> dict[int, np.ndarray]:
+    """Replay the merges: for each k in ``ks`` the map [K0] from original cluster to one of k groups."""
+    label = np.arange(k0)
+    out: dict[int, np.ndarray] = {}
+    want = set(ks)
+    live = k0
+    if live in want:
+        out[live] = np.unique(label, return_inverse=True)[1]
+    for i, j in merges:
+        label[label == j] = i
+        live -= 1
+        if live in want:
+            out[live] = np.unique(label, return_inverse=True)[1]
+    return out
 
 
 def elbow_k(distortion: dict[int, float], min_strength: float = 1.0, keep: float = 0.25) -> int | None:
@@ -132,35 +136,35 @@ def elbow_k(distortion: dict[int, float], min_strength: float = 1.0, keep: float
 
 
 def silhouette_scores(
-    sims_to_sums: np.ndarray, labels0: np.ndarray, counts0: np.ndarray, groups: np.ndarray, ks: list[int]
+    sims_to_sums: torch.Tensor, labels0: torch.Tensor, counts0: torch.Tensor, levels: dict[int, np.ndarray]
 ) -> dict[int, float]:
-    """Mean cosine silhouette of sampled tokens for each candidate partition (exact, no N x N matrix).
+    """Mean cosine silhouette of sampled tokens for every candidate partition at once (exact, no N x N).
 
-    ``sims_to_sums`` [S, K0]: <x^_s, sum of the unit tokens of original cluster j>. The mean cosine
-    distance of s to a group C is 1 - sims/|C|; for its own group the token itself is excluded.
-    Tokens in singleton groups score 0, as in the usual definition.
+    ``sims_to_sums`` [S, K0]: <x^_s, sum of the unit tokens of original cluster j>; ``labels0`` [S]
+    the sampled tokens' original clusters; ``levels[k]`` [K0] maps original clusters to k groups.
+    The mean cosine distance of s to a group C is 1 - sims/|C|; for its own group the token itself
+    is excluded. Tokens in singleton groups score 0, as in the usual definition.
     """
-    out: dict[int, float] = {}
+    ks = [k for k in sorted(levels) if k >= 2]
+    if not ks:
+        return {}
+    dev = sims_to_sums.device
     k0 = counts0.shape[0]
-    for k in ks:
-        if k < 2:
-            continue
-        m = np.zeros((k0, k))
-        m[np.arange(k0), groups[k]] = 1.0
-        sims = sims_to_sums @ m  # [S, k]
-        sizes = counts0 @ m  # [k]
-        own = groups[k][labels0]  # [S]
-        own_size = sizes[own]
-        own_sim = sims[np.arange(len(own)), own]
-        a = 1.0 - (own_sim - 1.0) / np.maximum(own_size - 1.0, 1.0)
-        other = 1.0 - sims / np.maximum(sizes, 1.0)[None, :]
-        other[np.arange(len(own)), own] = np.inf
-        other[:, sizes == 0] = np.inf
-        b = other.min(axis=1)
-        s = (b - a) / np.maximum(np.maximum(a, b), 1e-12)
-        s = np.where(own_size <= 1, 0.0, s)
-        out[k] = float(s.mean())
-    return out
+    maps = torch.as_tensor(np.stack([levels[k] for k in ks]), device=dev)  # [L, K0]
+    m = one_hot(maps, k0)  # [L, K0, K0] (groups padded to K0)
+    sims = torch.matmul(sims_to_sums.float(), m)  # [L, S, K0]
+    sizes = torch.matmul(counts0.float(), m)  # [L, K0]
+    own = maps[:, labels0]  # [L, S]
+    own_size = sizes.gather(1, own)
+    own_sim = sims.gather(2, own.unsqueeze(-1)).squeeze(-1)
+    a = 1.0 - (own_sim - 1.0) / (own_size - 1.0).clamp_min(1.0)
+    other = 1.0 - sims / sizes.clamp_min(1.0).unsqueeze(1)
+    other = other.scatter(2, own.unsqueeze(-1), float("inf"))
+    other = other.masked_fill((sizes == 0).unsqueeze(1), float("inf"))
+    b = other.min(dim=2).values
+    sil = (b - a) / torch.maximum(a, b).clamp_min(1e-12)
+    sil = torch.where(own_size <= 1, torch.zeros_like(sil), sil)
+    return dict(zip(ks, sil.mean(dim=1).tolist()))
 
 
 def adaptive_kmeans(
@@ -168,13 +172,14 @@ def adaptive_kmeans(
     k_min: int,
     k_max: int,
     method: str = "elbow",
-    iters: int = 20,
-    refine_iters: int = 10,
+    iters: int = 10,
+    refine_iters: int = 5,
     tol: float = 1e-4,
     seed: int = 0,
     seed_sample: int | None = 2048,
     silhouette_sample: int = 2048,
     cuda_graphs: bool = True,
+    compiled: bool = False,
 ) -> tuple[KMeansResult, list[AdaptiveChoice]]:
     """Cosine k-means with K chosen per video in [k_min, k_max] (batched over B videos).
 
@@ -194,20 +199,20 @@ def adaptive_kmeans(
     noise, m = draw_seed_noise(b, n, k_top, x.device, gen, seed_sample, None)
     centroids, labels, _, counts, sums, gram, total_sq = maybe_graphed(
         ("adaptive-top", k_top, m, iters, tol), _fit_top, (x, noise.pool_keys, noise.first, noise.race),
-        dict(k=k_top, m=m, iters=iters, tol=tol), enabled=cuda_graphs,
+        dict(k=k_top, m=m, iters=iters, tol=tol, compiled=compiled), enabled=cuda_graphs,
     )
     to_host = [gram, counts, total_sq]
     if method == "silhouette":
         s = min(silhouette_sample, n)
         sample_idx = torch.rand(b, n, device=x.device, generator=gen).topk(s, dim=1).indices
         xs = normalize_tokens(x.gather(1, sample_idx.unsqueeze(-1).expand(-1, -1, d))).float()
-        to_host += [torch.bmm(xs, sums.transpose(1, 2)), labels.gather(1, sample_idx)]
-    host = [t.double().cpu().numpy() if t.is_floating_point() else t.cpu().numpy() for t in to_host]  # one sync
+        sims_s, labels_s = torch.bmm(xs, sums.transpose(1, 2)), labels.gather(1, sample_idx)
+    host = [t.double().cpu().numpy() for t in to_host]  # the host sync
 
     choices: list[AdaptiveChoice] = []
     merge_maps = []
     for i in range(b):
-        groups, distortion = ward_merge_tree(host[0][i], host[1][i], float(host[2][i]))
+        merges, distortion = ward_merge_tree(host[0][i], host[1][i], float(host[2][i]))
         if distortion[1] <= 1e-6 * max(float(host[2][i]), 1e-12):
             # all tokens (nearly) identical: one code would do, so the range's lower end
             scores = {k: float(distortion[k]) for k in range(1, k_top + 1)}
@@ -219,37 +224,38 @@ def adaptive_kmeans(
                 pick = k_max + 1
         else:
             ks = list(range(2, min(k_max + 1, k_top) + 1))
-            scores = silhouette_scores(host[3][i], host[4][i], host[1][i], groups, ks)
+            levels = partition_levels(merges, k_top, ks)
+            scores = silhouette_scores(sims_s[i], labels_s[i], counts[i], levels)
             pick = max(scores, key=lambda k: (scores[k], -k)) if scores else k_min
         k = min(max(pick, k_min), k_max)
         clamped = "low" if pick < k_min else ("high" if pick > k_max else None)
         choices.append(AdaptiveChoice(k=k, k_unclamped=pick, clamped=clamped, scores=scores))
-        merge_maps.append(groups[k])
+        merge_maps.append(partition_levels(merges, k_top, [k])[k])
     width = max(c.k for c in choices)
     # warm start from the merged centroids of each chosen partition, padded to a common width
     maps = torch.as_tensor(np.stack(merge_maps), device=x.device)  # [B, K0]
     ks_t = torch.tensor([c.k for c in choices], device=x.device)
     out = maybe_graphed(
         ("adaptive-refine", width, refine_iters, tol), _refine, (x, sums, maps, ks_t),
-        dict(width=width, iters=refine_iters, tol=tol), enabled=cuda_graphs,
+        dict(width=width, iters=refine_iters, tol=tol, compiled=compiled), enabled=cuda_graphs,
     )
     return KMeansResult(*out), choices
 
 
-def _fit_top(x, keys, first, race, *, k: int, m: int, iters: int, tol: float):
+def _fit_top(x, keys, first, race, *, k: int, m: int, iters: int, tol: float, compiled: bool):
     """Sync-free first stage: fit at the top of the range, then per-cluster sums and their Gram matrix."""
     xn = normalize_tokens(x)
-    r = lloyd(xn, seed_centres(xn, k, SeedNoise(keys, first, race), m), iters=iters, tol=tol)
+    r = lloyd(xn, seed_centres(xn, k, SeedNoise(keys, first, race), m), iters=iters, tol=tol, compiled=compiled)
     sums = torch.bmm(one_hot(r.labels, k, xn.dtype).transpose(1, 2), xn).float()  # [B, K0, D]
     gram = torch.bmm(sums, sums.transpose(1, 2))
     total_sq = xn.float().square().sum(dim=(1, 2))
     return r.centroids, r.labels, r.inertia, r.counts, sums, gram, total_sq
 
 
-def _refine(x, sums, maps, ks, *, width: int, iters: int, tol: float):
+def _refine(x, sums, maps, ks, *, width: int, iters: int, tol: float, compiled: bool):
     """Sync-free last stage: Lloyd from the merged centroids, codes >= K_b masked per video."""
     xn = normalize_tokens(x)
     init = F.normalize(torch.bmm(one_hot(maps, width).transpose(1, 2), sums), dim=-1, eps=1e-12)
     active = torch.arange(width, device=x.device)[None, :] < ks[:, None]
-    r = lloyd(xn, init, iters=iters, tol=tol, active=active)
+    r = lloyd(xn, init, iters=iters, tol=tol, active=active, compiled=compiled)
     return r.centroids, r.labels, r.inertia, r.counts

@@ -143,7 +143,8 @@ class VQTokenCompressor(VideoCompressor):
                 if cfg.num_tokens > n:
                     raise CompressionError(f"num_tokens={cfg.num_tokens} exceeds the video's {n} tokens")
                 res = cosine_kmeans(
-                    x, cfg.num_tokens, cfg.iters, cfg.tol, cfg.seed, cfg.seed_sample, cuda_graphs=cfg.cuda_graphs
+                    x, cfg.num_tokens, cfg.iters, cfg.tol, cfg.seed, cfg.seed_sample, cuda_graphs=cfg.cuda_graphs,
+                    compiled=cfg.compile,
                 )
                 ks = [cfg.num_tokens] * b
                 choices = None
@@ -153,7 +154,7 @@ class VQTokenCompressor(VideoCompressor):
                     raise CompressionError(f"max_codes={cfg.max_codes} exceeds the video's {n} tokens")
                 res, choices = adaptive_kmeans(
                     x, cfg.min_codes, cfg.max_codes, cfg.adaptive, cfg.iters, cfg.refine_iters, cfg.tol,
-                    cfg.seed, cfg.seed_sample, cfg.silhouette_sample, cfg.cuda_graphs,
+                    cfg.seed, cfg.seed_sample, cfg.silhouette_sample, cfg.cuda_graphs, cfg.compile,
                 )
                 ks = [c.k for c in choices]
                 width = res.centroids.shape[1]

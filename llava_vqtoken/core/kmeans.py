@@ -182,6 +182,12 @@ def _step_fn(compiled: bool):
     if not compiled:
         return lloyd_step
     if _COMPILED_STEP is None:
+        import torch._dynamo
+
+        # one specialisation per (shape, re-seed, mask) combination: allow more than dynamo's default 8
+        cfg = torch._dynamo.config
+        name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+        setattr(cfg, name, max(getattr(cfg, name), 64))
         _COMPILED_STEP = torch.compile(lloyd_step, dynamic=False, fullgraph=True)
     return _COMPILED_STEP
 
@@ -227,7 +233,7 @@ def _fit(x: torch.Tensor, keys, first, race, *, k: int, m: int, iters: int, tol:
 def cosine_kmeans(
     x: torch.Tensor,
     k: int,
-    iters: int = 20,
+    iters: int = 10,
     tol: float = 1e-4,
     seed: int = 0,
     seed_sample: int | None = 2048,
