@@ -229,3 +229,13 @@ def test_cuda_graph_compressor_matches_eager(adaptive):
     bad[0, 0, 0, 0, 0] = float("nan")
     with pytest.raises(CompressionError, match="NaN"), torch.no_grad():
         fast(bad)
+
+
+def test_deferred_nan_check():
+    comp = build_compressor(CompressorConfig(num_tokens=8), 16)
+    x = feats(d=16)
+    x[0, 1, 2, 3, 4] = float("inf")
+    out = comp(x, defer_checks=True)  # returns; the check waits for verify()
+    with pytest.raises(CompressionError, match="NaN or Inf"):
+        out[0].verify()
+    assert comp(feats(d=16), defer_checks=True)[0].verify().num_tokens == 8

@@ -48,6 +48,13 @@ class CompressedVideo:
     def num_tokens(self) -> int:
         return int(self.tokens.shape[0])
 
+    def verify(self) -> CompressedVideo:
+        """Raise CompressionError if the input features were not finite (for deferred checks)."""
+        flag = self.stats.get("finite")
+        if flag is not None and not bool(flag):
+            raise CompressionError("video features contain NaN or Inf; check the vision tower's dtype and input frames")
+        return self
+
 
 def pad_tokens(videos: list[CompressedVideo]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack to a rectangle for hosts that need one: ([B, M_max, D] zero-padded, lengths [B])."""
@@ -122,7 +129,11 @@ class VQTokenCompressor(VideoCompressor):
         g.manual_seed(self.config.seed + offset)
         return g
 
-    def forward(self, features: torch.Tensor) -> list[CompressedVideo]:
+    def forward(self, features: torch.Tensor, defer_checks: bool = False) -> list[CompressedVideo]:
+        """Compress [B, T, H, W, D] features. Fixed K never waits for the GPU when ``defer_checks``
+        is set: the NaN/Inf check is then left to ``CompressedVideo.verify()`` (hosts call it at
+        their next sync), so the CPU keeps queueing the LLM's kernels while the GPU works."""
+        self._defer = defer_checks
         # fixed K: the finiteness check is folded into the computation (one sync at the end, not one
         # up front); adaptive K syncs anyway, so it checks first
         if features.dim() != 5 or 0 in features.shape or self.config.adaptive is not None:
@@ -170,15 +181,13 @@ class VQTokenCompressor(VideoCompressor):
             ("vqtoken-post", id(self), params, t, h, w), self._post, (x, res.labels, res.centroids, active),
             dict(frames=t, height=h, width=w), enabled=cfg.cuda_graphs and graphable and not needs_grad,
         )
-        if not bool(finite):  # the one host sync of a fixed-K call
-            raise CompressionError("video features contain NaN or Inf; check the vision tower's dtype and input frames")
         if isinstance(self.attention, ReleasedVQAttention) and cfg.apply_attention:
             outs = [self.attention(codebook[i, : ks[i]], key_map[i]) for i in range(b)]
         else:
             outs = [tokens[i, : ks[i]] for i in range(b)]
         videos = []
         for i in range(b):
-            stats: dict[str, Any] = {"num_codes": ks[i], "inertia": res.inertia[i]}
+            stats: dict[str, Any] = {"num_codes": ks[i], "inertia": res.inertia[i], "finite": finite}
             if choices is not None:
                 stats.update(clamped=choices[i].clamped, k_unclamped=choices[i].k_unclamped)
             videos.append(
@@ -187,6 +196,8 @@ class VQTokenCompressor(VideoCompressor):
                     num_codes=ks[i], stats=stats,
                 )
             )
+        if not getattr(self, "_defer", False):
+            videos[0].verify()  # the one host sync of a fixed-K call
         return videos
 
     def _post(self, x, labels, centroids, active, *, frames: int, height: int, width: int):
