@@ -66,6 +66,22 @@ def pad_tokens(videos: list[CompressedVideo]) -> tuple[torch.Tensor, torch.Tenso
     return out, torch.tensor([v.num_tokens for v in videos], device=first.device)
 
 
+def expected_tokens(cfg: CompressorConfig, frames: int, height: int, width: int) -> int | None:
+    """Tokens a compressor emits for a T x H x W video (newline excluded); None when adaptive."""
+    n = frames * height * width
+    if cfg.name == "none":
+        return n
+    if cfg.name == "pool":
+        return int(pool_tokens(torch.zeros(frames, height, width, 1), cfg.num_tokens).shape[0])
+    if cfg.name == "uniform":
+        return int(uniform_tokens(torch.zeros(frames, height, width, 1), cfg.num_tokens).shape[0])
+    if cfg.adaptive is not None:
+        return None
+    if cfg.name == "vqtoken" and cfg.attention == "released" and cfg.apply_attention:
+        return max(frames, cfg.num_tokens)
+    return cfg.num_tokens
+
+
 def check_features(features: torch.Tensor) -> None:
     if features.dim() != 5:
         raise CompressionError(f"video features must be [B, T, H, W, D], got shape {tuple(features.shape)}")
@@ -96,19 +112,7 @@ class VideoCompressor(nn.Module):
 
     def expected_tokens(self, frames: int, height: int, width: int) -> int | None:
         """Tokens emitted for a video of this grid (newline excluded); None if content-dependent."""
-        cfg = self.config
-        n = frames * height * width
-        if cfg.name == "none":
-            return n
-        if cfg.name == "pool":
-            return int(pool_tokens(torch.zeros(frames, height, width, 1), cfg.num_tokens).shape[0])
-        if cfg.name == "uniform":
-            return int(uniform_tokens(torch.zeros(frames, height, width, 1), cfg.num_tokens).shape[0])
-        if cfg.adaptive is not None:
-            return None
-        if cfg.name == "vqtoken" and cfg.attention == "released" and cfg.apply_attention:
-            return max(frames, cfg.num_tokens)
-        return min(cfg.num_tokens, n) if cfg.name != "vqtoken" else cfg.num_tokens
+        return expected_tokens(self.config, frames, height, width)
 
 
 class VQTokenCompressor(VideoCompressor):

@@ -1,0 +1,282 @@
+"""VQToken for transformers' LLaVA-OneVision (written against transformers 5.23; 5.17 on the GPU host).
+
+Config, model and processor subclasses with their own ``model_type`` ("vqtoken_llava_onevision").
+One config key, ``video_compressor``, holds the compressor spec (the core's ``CompressorConfig``
+field names). The compressor replaces LLaVA-OneVision's video pooling at the named hook points:
+``apply_pooling`` becomes the identity, and ``get_video_features`` compresses the un-pooled
+post-projector grid and appends the learned ``image_newline`` (K + 1 tokens per video).
+Images keep their path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from huggingface_hub.dataclasses import strict
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionModel,
+    LlavaOnevisionProcessor,
+)
+
+from ...config import CONFIG_KEY, CompressorConfig
+from ...core import build_compressor
+from ...core.compressor import CompressedVideo, expected_tokens
+from .features import grid_size
+
+MODEL_TYPE = "vqtoken_llava_onevision"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is not what the caller expects (stock vs VQToken, token-count mismatch)."""
+
+
+@strict
+class VQTokenLlavaOnevisionConfig(LlavaOnevisionConfig):
+    """LLaVA-OneVision config plus ``video_compressor``: the compressor spec (a dict of
+    :class:`CompressorConfig` fields)."""
+
+    model_type = MODEL_TYPE
+    video_compressor: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.video_compressor is not None:
+            # validate early, with a message that names the field; store the full normalised spec
+            self.video_compressor = CompressorConfig.from_dict(self.video_compressor).to_dict()
+
+    @property
+    def compressor(self) -> CompressorConfig:
+        if self.video_compressor is None:
+            raise CheckpointError(
+                "this config has no video_compressor spec: it describes a stock LLaVA-OneVision; pass "
+                "video_compressor={...} (e.g. {'num_tokens': 32}) to convert it"
+            )
+        return CompressorConfig.from_dict(self.video_compressor)
+
+
+def tokens_per_video(spec: CompressorConfig, frames: int, grid: tuple[int, int]) -> int | None:
+    """Video placeholder tokens per video (newline included); None for adaptive K."""
+    n = expected_tokens(spec, frames, *grid)
+    return None if n is None else n + int(spec.newline)
+
+
+class VQTokenLlavaOnevisionModel(LlavaOnevisionModel):
+    config_class = VQTokenLlavaOnevisionConfig
+
+    def __init__(self, config: VQTokenLlavaOnevisionConfig) -> None:
+        super().__init__(config)
+        spec = config.compressor
+        self.video_compressor = build_compressor(spec, config.text_config.hidden_size, grid=grid_size(config))
+        self._pending: list[CompressedVideo] = []
+        self.last_video_tokens: list[int] = []
+        self.post_init()
+
+    def apply_pooling(self, image_features: torch.Tensor) -> torch.Tensor:
+        """The compressor replaces LLaVA-OneVision's 2x bilinear video pooling."""
+        return image_features
+
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs: Any,
+    ):
+        out = super().get_video_features(
+            pixel_values_videos,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            **kwargs,
+        )
+        b, t = pixel_values_videos.shape[:2]
+        h, w = grid_size(self.config)
+        grid = out.pooler_output[:, :-1]  # drop the stock newline; ours goes after the codes
+        feats = grid.reshape(b, t, h, w, grid.shape[-1])
+        videos = self.video_compressor(feats, defer_checks=True)
+        self._pending.extend(videos)
+        spec = self.config.compressor
+        rows = []
+        for v in videos:
+            tok = v.tokens
+            if spec.newline:
+                tok = torch.cat([tok, self.image_newline[None].to(tok.dtype)])
+            rows.append(tok)
+        lengths = [r.shape[0] for r in rows]
+        self.last_video_tokens = lengths
+        # equal lengths: [B, M, D]; per-video K (adaptive): one row [1, sum M_b, D] in batch order,
+        # which the stock forward flattens and scatters into the placeholders in the same order
+        out.pooler_output = torch.stack(rows) if len(set(lengths)) == 1 else torch.cat(rows)[None]
+        out["video_num_tokens"] = lengths
+        out["video_key_map"] = [v.key_map for v in videos]
+        return out
+
+    def forward(self, input_ids=None, pixel_values_videos=None, mm_encoder_outputs=None, **kwargs):
+        if pixel_values_videos is not None and input_ids is not None:
+            self._check_placeholders(input_ids, pixel_values_videos)
+        out = super().forward(
+            input_ids=input_ids, pixel_values_videos=pixel_values_videos, mm_encoder_outputs=mm_encoder_outputs,
+            **kwargs,
+        )
+        pending, self._pending = self._pending, []
+        for v in pending:  # deferred NaN/Inf check: the LLM's kernels are already queued
+            v.verify()
+        return out
+
+    def _check_placeholders(self, input_ids: torch.Tensor, pixel_values_videos: torch.Tensor) -> None:
+        per_video = tokens_per_video(self.config.compressor, pixel_values_videos.shape[1], grid_size(self.config))
+        if per_video is None:
+            return
+        n = int((input_ids == self.config.video_token_id).sum())
+        want = per_video * pixel_values_videos.shape[0]
+        if n != want:
+            raise CheckpointError(
+                f"the prompt holds {n} video placeholder tokens but the VQToken compressor gives {per_video} per "
+                f"video ({want} for {pixel_values_videos.shape[0]} video(s)); use the processor saved with this "
+                f"checkpoint (VQTokenLlavaOnevisionProcessor with num_video_tokens={per_video})"
+            )
+
+
+class VQTokenLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
+    config_class = VQTokenLlavaOnevisionConfig
+
+    def __init__(self, config: VQTokenLlavaOnevisionConfig) -> None:
+        super().__init__(config)
+        self.model = VQTokenLlavaOnevisionModel(config)
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, video_compressor=None, **kwargs):
+        """Load a VQToken checkpoint, or convert a stock LLaVA-OneVision one with ``video_compressor=``.
+
+        A stock checkpoint loads every stock weight and creates only the compressor's parameters.
+        Loading a stock checkpoint without a spec raises CheckpointError instead of running uncompressed.
+        """
+        config = kwargs.pop("config", None)
+        if config is None:
+            raw = AutoConfig.from_pretrained(pretrained_model_name_or_path, **_hub_kwargs(kwargs))
+            if raw.model_type not in ("llava_onevision", MODEL_TYPE):
+                raise CheckpointError(
+                    f"{pretrained_model_name_or_path} is a {raw.model_type!r} checkpoint, not LLaVA-OneVision"
+                )
+            data = raw.to_dict()
+            data.pop("model_type", None)
+            if video_compressor is not None:
+                data[CONFIG_KEY] = CompressorConfig.from_dict(video_compressor).to_dict()
+            elif raw.model_type != MODEL_TYPE or not data.get(CONFIG_KEY):
+                raise CheckpointError(
+                    f"{pretrained_model_name_or_path} is a stock LLaVA-OneVision checkpoint (no video_compressor "
+                    "spec); pass video_compressor={'num_tokens': 32} (or another spec) to convert it"
+                )
+            config = VQTokenLlavaOnevisionConfig(**{k: v for k, v in data.items() if not k.startswith("_")})
+        return super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+
+
+def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    keys = ("cache_dir", "revision", "token", "local_files_only", "trust_remote_code")
+    return {k: kwargs[k] for k in keys if k in kwargs}
+
+
+class VQTokenLlavaOnevisionProcessor(LlavaOnevisionProcessor):
+    """Emits exactly the video placeholder tokens the compressor produces for each video.
+
+    ``video_compressor`` (the spec) and ``video_grid`` (H, W of a frame's token grid) are saved with
+    the processor; the count per video follows from its frame count. For adaptive K the count is
+    known only after the features: pass ``num_video_tokens=[K_1 + 1, ...]`` to ``__call__`` (see
+    :func:`llava_vqtoken.hosts.hf.generate_adaptive`).
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        video_processor=None,
+        num_image_tokens=None,
+        vision_feature_select_strategy=None,
+        chat_template=None,
+        image_token="<image>",
+        video_token="<video>",
+        vision_aspect_ratio="anyres_max_9",
+        video_compressor=None,
+        video_grid=None,
+        **kwargs,
+    ):
+        if video_compressor is not None:
+            video_compressor = CompressorConfig.from_dict(video_compressor).to_dict()
+        self.video_compressor = video_compressor
+        self.video_grid = None if video_grid is None else list(video_grid)
+        self._per_call: list[int] | None = None
+        super().__init__(
+            image_processor, tokenizer, video_processor, num_image_tokens=num_image_tokens,
+            vision_feature_select_strategy=vision_feature_select_strategy, chat_template=chat_template,
+            image_token=image_token, video_token=video_token, vision_aspect_ratio=vision_aspect_ratio, **kwargs,
+        )
+
+    @classmethod
+    def from_stock(cls, processor: LlavaOnevisionProcessor, config: VQTokenLlavaOnevisionConfig):
+        """Wrap a stock LLaVA-OneVision processor's parts for a VQToken model config."""
+        return cls(
+            image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+            video_processor=processor.video_processor, num_image_tokens=processor.num_image_tokens,
+            vision_feature_select_strategy=processor.vision_feature_select_strategy,
+            chat_template=processor.chat_template, vision_aspect_ratio=processor.vision_aspect_ratio,
+            video_compressor=config.video_compressor, video_grid=grid_size(config),
+        )
+
+    def __call__(self, *args, num_video_tokens: list[int] | int | None = None, **kwargs):
+        self._per_call = [num_video_tokens] if isinstance(num_video_tokens, int) else num_video_tokens
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            self._per_call = None
+
+    def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        if self._per_call is not None:
+            counts = self._per_call
+            return self.video_token * (counts[video_idx] if len(counts) > 1 else counts[0])
+        if self.video_compressor is None or self.video_grid is None:
+            raise CheckpointError("this processor has no video_compressor/video_grid; build it with from_stock()")
+        frames = int(video_inputs["pixel_values_videos"][video_idx].shape[0])
+        n = tokens_per_video(CompressorConfig.from_dict(self.video_compressor), frames, tuple(self.video_grid))
+        if n is None:
+            raise CheckpointError(
+                "adaptive K: the token count is known only after the features; pass num_video_tokens=[...] "
+                "per call (llava_vqtoken.hosts.hf.generate_adaptive does this)"
+            )
+        return self.video_token * n
+
+
+_REGISTERED = False
+
+
+def register() -> None:
+    """Register the classes with the Auto* factories and the legacy-key conversion (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers.conversion_mapping import (
+        get_checkpoint_conversion_mapping,
+        register_checkpoint_conversion_mapping,
+    )
+
+    AutoConfig.register(MODEL_TYPE, VQTokenLlavaOnevisionConfig, exist_ok=True)
+    AutoModel.register(VQTokenLlavaOnevisionConfig, VQTokenLlavaOnevisionModel, exist_ok=True)
+    AutoModelForImageTextToText.register(
+        VQTokenLlavaOnevisionConfig, VQTokenLlavaOnevisionForConditionalGeneration, exist_ok=True
+    )
+    AutoProcessor.register(VQTokenLlavaOnevisionConfig, VQTokenLlavaOnevisionProcessor, exist_ok=True)
+    # Without this, stock checkpoints (saved in the legacy key layout) would load with the whole LLM
+    # and vision tower left at random init, reported only as MISSING keys.
+    mapping = get_checkpoint_conversion_mapping("llava_onevision")
+    if mapping is not None:
+        register_checkpoint_conversion_mapping(MODEL_TYPE, mapping, overwrite=True)
+    _REGISTERED = True
+
+
+register()
