@@ -151,6 +151,29 @@ class VQTokenLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditional
         self.model = VQTokenLlavaOnevisionModel(config)
         self.post_init()
 
+    def forward(self, input_ids=None, pixel_values_videos=None, mm_encoder_outputs=None, **kwargs):
+        out = super().forward(
+            input_ids=input_ids, pixel_values_videos=pixel_values_videos, mm_encoder_outputs=mm_encoder_outputs,
+            **kwargs,
+        )
+        if self.training and pixel_values_videos is None and not (mm_encoder_outputs or {}).get("video"):
+            # A batch without video still runs the video path on one blank frame (weight 0), so that
+            # every rank gathers the same parameters under ZeRO-3 and none hangs (DeepSpeed #7170).
+            zero = self._blank_video_term()
+            if out.loss is not None:
+                out.loss = out.loss + zero
+            else:
+                out.logits = out.logits + zero
+        return out
+
+    def _blank_video_term(self) -> torch.Tensor:
+        size = self.config.vision_config.image_size
+        p = next(self.model.vision_tower.parameters())
+        blank = torch.zeros(1, 1, 3, size, size, device=p.device, dtype=p.dtype)
+        feats = self.model.get_video_features(blank, return_dict=True).pooler_output
+        self.model._pending.clear()
+        return 0.0 * feats.float().sum()
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, video_compressor=None, **kwargs):
         """Load a VQToken checkpoint, or convert a stock LLaVA-OneVision one with ``video_compressor=``.

@@ -1,0 +1,1 @@
+"""Fine-tuning VQToken LLaVA-OneVision models (transformers host) with the HF Trainer and DeepSpeed."""

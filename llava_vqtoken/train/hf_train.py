@@ -1,0 +1,272 @@
+"""Fine-tune a VQToken LLaVA-OneVision (transformers host) with the HF Trainer, optionally under DeepSpeed.
+
+``python -m llava_vqtoken.train.hf_train`` (what ``train.sh`` runs). With no arguments: the embedded
+default, a tiny random model on a generated dataset, a few dozen CPU steps, then the checkpoint is
+reloaded for one generate. Compressor flags are the core's (``--num-tokens``, ``--adaptive``...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cli import add_compressor_args, config_from_args
+
+log = logging.getLogger("llava_vqtoken.train")
+PARTS = ("vision_tower", "projector", "compressor", "language_model")
+DS_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+
+
+def part_of(name: str) -> str:
+    """Which trainable part a parameter belongs to (works with peft's name prefixes too)."""
+    if "video_compressor" in name:
+        return "compressor"
+    if "multi_modal_projector" in name or "image_newline" in name:
+        return "projector"
+    if "vision_tower" in name:
+        return "vision_tower"
+    return "language_model"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="train.sh", description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="LLaVA-OneVision or VQToken checkpoint dir (default: tiny random model)")
+    p.add_argument("--data", help="LLaVA-Video-178K-style JSON (default: a generated demo set)")
+    p.add_argument("--output-dir", default="runs/train-demo")
+    p.add_argument("--frames", type=int, default=8)
+    add_compressor_args(p)
+    p.add_argument("--deepspeed", default="none", help="zero2, zero3, a config path, or none")
+    p.add_argument("--lora", action="store_true", help="LoRA on the LLM's attention (peft)")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--freeze", default="vision_tower", help=f"comma list of parts to freeze: {', '.join(PARTS)}")
+    p.add_argument("--lr", type=float, default=2e-4, help="learning rate of the LLM")
+    p.add_argument("--compressor-lr", type=float, default=1e-3)
+    p.add_argument("--projector-lr", type=float, default=5e-4)
+    p.add_argument("--vision-lr", type=float, default=2e-6)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--save-steps", type=int, default=10)
+    p.add_argument("--logging-steps", type=int, default=5)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    p.add_argument("--no-generate", action="store_true", help="skip the reload-and-generate check at the end")
+    p.add_argument("--stop-after-steps", type=int, default=0,
+                   help="stop as if interrupted after N optimizer steps (to test resumption)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    a.num_tokens_default = "--num-tokens" not in (argv if argv is not None else sys.argv[1:])
+    bad = set(filter(None, a.freeze.split(","))) - set(PARTS)
+    if bad:
+        p.error(f"--freeze: unknown part(s) {', '.join(sorted(bad))}; choose from {', '.join(PARTS)}")
+    return a
+
+
+def deepspeed_config(choice: str) -> str | None:
+    if choice in ("", "none"):
+        return None
+    if choice in ("zero2", "zero3"):
+        return str(DS_CONFIGS / f"{choice}.json")
+    if not Path(choice).exists():
+        raise SystemExit(f"train.sh: error: DeepSpeed config not found: {choice}")
+    return choice
+
+
+def build(args: argparse.Namespace):
+    from transformers import AutoProcessor
+
+    from ..hosts.hf import VQTokenLlavaOnevisionForConditionalGeneration, VQTokenLlavaOnevisionProcessor
+    from ..hosts.hf.tiny import build_tiny_llava_onevision, is_random
+
+    model_dir = args.model or str(build_tiny_llava_onevision())
+    if is_random(model_dir):
+        log.warning("model %s has RANDOM weights (tiny built-in default)", model_dir)
+    spec = config_from_args(args)
+    cfg_path = Path(model_dir) / "config.json"
+    is_vq = cfg_path.exists() and json.loads(cfg_path.read_text()).get("model_type") == "vqtoken_llava_onevision"
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    model = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(
+        model_dir, video_compressor=None if is_vq else spec.to_dict(), dtype=dtype
+    )
+    proc = AutoProcessor.from_pretrained(model_dir)
+    if not isinstance(proc, VQTokenLlavaOnevisionProcessor):
+        proc = VQTokenLlavaOnevisionProcessor.from_stock(proc, model.config)
+    return model, proc
+
+
+def apply_freezing_and_lora(model, args: argparse.Namespace):
+    frozen = set(filter(None, args.freeze.split(",")))
+    for name, p in model.named_parameters():
+        p.requires_grad_(part_of(name) not in frozen)
+    if args.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+            target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
+            modules_to_save=[m for m in ("video_compressor", "multi_modal_projector") if m not in frozen
+                             and ("compressor" if m == "video_compressor" else "projector") not in frozen],
+        )
+        model = get_peft_model(model, lora)
+    return model
+
+
+def make_trainer_class():
+    from transformers import Trainer
+
+    class VQTrainer(Trainer):
+        """Trainer whose AdamW has one parameter group per part, each with its own learning rate."""
+
+        part_lrs: dict[str, float] = {}
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:
+                groups: dict[str, list[torch.nn.Parameter]] = {}
+                for name, p in self.model.named_parameters():
+                    if p.requires_grad:
+                        groups.setdefault(part_of(name), []).append(p)
+                params = [
+                    {"params": ps, "lr": self.part_lrs.get(part, self.args.learning_rate), "name": part,
+                     "weight_decay": self.args.weight_decay}
+                    for part, ps in groups.items()
+                ]
+                self.optimizer = torch.optim.AdamW(params, betas=(0.9, 0.999), eps=1e-8)
+                self.group_summary = [
+                    {"name": g["name"], "lr": g["lr"], "params": sum(_numel(p) for p in g["params"])} for g in params
+                ]
+            return self.optimizer
+
+    return VQTrainer
+
+
+def _numel(p: torch.Tensor) -> int:
+    return int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 partitions parameters to size 0
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    found = sorted(glob.glob(os.path.join(output_dir, "checkpoint-*")), key=lambda p: int(p.rsplit("-", 1)[1]))
+    return found[-1] if found else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    args = parse_args(argv)
+    from transformers import TrainerCallback, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    from .data import VideoQADataset, collate, make_demo_dataset
+
+    hf_logging.set_verbosity_error()
+    ds_cfg = deepspeed_config(args.deepspeed)
+    if ds_cfg and "RANK" not in os.environ:  # started without a launcher: a one-process group
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # TrainingArguments first, so ZeRO-3 can partition weights while they load
+    targs = TrainingArguments(
+        output_dir=args.output_dir, per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, num_train_epochs=args.epochs,
+        max_steps=args.max_steps, save_steps=args.save_steps, logging_steps=args.logging_steps,
+        save_total_limit=2, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
+        bf16=args.bf16, deepspeed=ds_cfg, remove_unused_columns=False, report_to=[],
+        dataloader_num_workers=0, seed=args.seed, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False, save_only_model=False, ddp_find_unused_parameters=False,
+    )
+    model, proc = build(args)
+    model = apply_freezing_and_lora(model, args)
+    data_path = args.data or str(make_demo_dataset(Path(args.output_dir) / "demo_data"))
+    dataset = VideoQADataset(data_path, proc, args.frames)
+    trainer_cls = make_trainer_class()
+    trainer_cls.part_lrs = {"compressor": args.compressor_lr, "projector": args.projector_lr,
+                            "vision_tower": args.vision_lr, "language_model": args.lr}
+    losses: list[float] = []
+
+    groups_seen: list[dict[str, Any]] = []
+
+    class Record(TrainerCallback):
+        def on_train_begin(self, _args, state, control, optimizer=None, **kw):
+            # the groups as the (possibly DeepSpeed-wrapped) optimizer holds them: names and LRs it will use
+            opt = getattr(optimizer, "optimizer", optimizer)
+            built = {g["name"]: g["params"] for g in getattr(trainer, "group_summary", [])}
+            for g in getattr(opt, "param_groups", []):
+                groups_seen.append({"name": g.get("name"), "lr": g["lr"], "params": built.get(g.get("name"))})
+            log.info("optimizer groups: %s", ", ".join(f"{g['name']} lr={g['lr']:g}" for g in groups_seen))
+
+        def on_log(self, _args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+        def on_step_end(self, _args, state, control, **kw):
+            if args.stop_after_steps and state.global_step >= args.stop_after_steps:
+                raise KeyboardInterrupt(f"stopped after {state.global_step} steps (--stop-after-steps)")
+
+    trainer = trainer_cls(
+        model=model, args=targs, train_dataset=dataset, callbacks=[Record()],
+        data_collator=partial(collate, pad_id=proc.tokenizer.pad_token_id),
+    )
+    resume = None if args.no_resume else last_checkpoint(args.output_dir)
+    if resume:
+        log.info("resuming from %s (optimizer, scheduler and data position)", resume)
+    trainer.train(resume_from_checkpoint=resume)
+    if dataset.skipped:
+        log.warning("skipped %d sample(s) with unusable videos: %s", len(dataset.skipped), sorted(dataset.skipped))
+    final = Path(args.output_dir) / "final"
+    zero3 = bool(ds_cfg) and json.loads(Path(ds_cfg).read_text())["zero_optimization"]["stage"] == 3
+    if args.lora and not zero3:
+        if trainer.is_world_process_zero():
+            trainer.model.merge_and_unload().save_pretrained(final)  # a plain VQToken checkpoint
+    else:
+        trainer.save_model(str(final))  # gathers ZeRO-3 shards (stage3_gather_16bit_weights_on_model_save)
+    if trainer.is_world_process_zero():
+        proc.save_pretrained(final)
+        summary = {"losses": losses, "skipped_videos": sorted(dataset.skipped), "final": str(final),
+                   "param_groups": groups_seen, "resumed_from": resume}
+        (Path(args.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        log.info("losses: %s", " ".join(f"{x:.3f}" for x in losses))
+        if not args.no_generate and not (args.lora and zero3):
+            reload_and_generate(final, dataset)
+    return 0
+
+
+def reload_and_generate(final: Path, dataset) -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from .. import hosts  # noqa: F401  (registers the VQToken classes)
+
+    try:  # load plainly, not partitioned, even if a ZeRO-3 config is still active in this process
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    except ImportError:  # pragma: no cover
+        pass
+
+    model = AutoModelForImageTextToText.from_pretrained(final).eval()
+    proc = AutoProcessor.from_pretrained(final)
+    rec = next(r for r in dataset.records if r.get("video") and dataset._video_path(r) not in dataset.skipped)
+    from ..video import load_video
+    from .data import _messages
+
+    frames = load_video(dataset._video_path(rec), dataset.frames)
+    msgs = _messages(rec["conversations"][:1], True)
+    inputs = proc(text=proc.apply_chat_template(msgs, add_generation_prompt=True), videos=[frames], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    answer = proc.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    log.info("reloaded %s and generated: %r (expected %r)", final, answer.strip(), rec["conversations"][1]["value"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
