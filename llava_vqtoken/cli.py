@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-reference", action="store_true", help="skip the sync-heavy reference k-means")
     b.add_argument("--compile", action="store_true", help="end to end: torch.compile the Lloyd steps")
     b.add_argument("--out", help="write the JSON report here")
+    e = sub.add_parser("export-remote", help="convert/copy a checkpoint into a trust_remote_code folder")
+    e.add_argument("--model", required=True, help="stock LLaVA-OneVision or VQToken checkpoint directory")
+    e.add_argument("--out", required=True)
+    add_compressor_args(e)
     m = sub.add_parser("make-video", help="write a short synthetic clip (moving coloured squares)")
     m.add_argument("out")
     m.add_argument("--frames", type=int, default=48)
@@ -170,6 +174,26 @@ def run_compress(a: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def run_export(a: argparse.Namespace) -> str:
+    import json
+
+    from transformers import AutoProcessor
+
+    from .hosts.hf import VQTokenLlavaOnevisionForConditionalGeneration, VQTokenLlavaOnevisionProcessor
+    from .hosts.hf.export import export_remote_code
+
+    cfg_file = Path(a.model) / "config.json"
+    if not cfg_file.exists():
+        raise UsageError(f"--model must be a local checkpoint directory with config.json: {a.model}")
+    is_vq = json.loads(cfg_file.read_text()).get("model_type") == "vqtoken_llava_onevision"
+    spec = None if is_vq else config_from_args(a).to_dict()
+    model = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(a.model, video_compressor=spec)
+    proc = AutoProcessor.from_pretrained(a.model)
+    if not isinstance(proc, VQTokenLlavaOnevisionProcessor):
+        proc = VQTokenLlavaOnevisionProcessor.from_stock(proc, model.config)
+    return str(export_remote_code(model, proc, a.out))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -185,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             if a.frames < 1:
                 raise UsageError(f"--frames must be >= 1, got {a.frames}")
             print(make_video(a.out, frames=a.frames, seed=a.seed))
+            return 0
+        if a.command == "export-remote":
+            print(run_export(a))
             return 0
         if a.command == "bench":
             from .benchmarks.bench import run as run_bench

@@ -124,3 +124,38 @@ def test_adaptive_k_batch_with_different_k(tiny_model):
     assert torch.equal(alone[0, -3:], out[1, -3:])
     with pytest.raises(CheckpointError, match="adaptive K"):
         proc(text=prompt, videos=[flat], return_tensors="pt")
+
+
+def test_trust_remote_code_export_loads_without_the_package(converted, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from llava_vqtoken.hosts.hf.export import export_remote_code
+
+    model, proc, _ = converted
+    export_remote_code(model, proc, tmp_path / "remote")
+    code = textwrap.dedent(f'''
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):  # the package is not importable in this process
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] == "llava_vqtoken":
+                    raise ImportError("blocked")
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        path = {str(tmp_path / "remote")!r}
+        m = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True)
+        p = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+        v = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+        msgs = [{{"role": "user", "content": [{{"type": "video"}}, {{"type": "text", "text": "hi"}}]}}]
+        x = p(text=p.apply_chat_template(msgs, add_generation_prompt=True), videos=[v], return_tensors="pt")
+        n = int((x["input_ids"] == m.config.video_token_id).sum())
+        out = m.generate(**x, max_new_tokens=2, min_new_tokens=2)
+        print("RESULT", type(m).__name__, n, out.shape[1] - x["input_ids"].shape[1])
+    ''')
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT")]
+    assert line, r.stderr[-2000:]
+    assert line[0].split()[1:] == ["VQTokenLlavaOnevisionForConditionalGeneration", "9", "2"]
