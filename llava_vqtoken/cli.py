@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import COMPRESSORS, CompressorConfig, ConfigError
+from .config import COMPRESSORS, CheckpointError, CompressorConfig, ConfigError
 
 EXIT_BAD_INPUT = 2
 
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             run_bench(a)
             return 0
         result = run_compress(a)
-    except (UsageError, ConfigError, CompressionError, VideoError) as e:
+    except (UsageError, ConfigError, CheckpointError, CompressionError, VideoError) as e:
         print(f"llava-vqtoken: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if a.json:

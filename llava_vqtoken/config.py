@@ -26,6 +26,10 @@ class ConfigError(ValueError):
     """A compressor config field has a bad value."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint is not what the caller expects (stock vs VQToken, token-count mismatch)."""
+
+
 @dataclass
 class CompressorConfig:
     """Spec of a video-token compressor.

@@ -25,16 +25,12 @@ from transformers import (
     LlavaOnevisionProcessor,
 )
 
-from ...config import CONFIG_KEY, CompressorConfig
+from ...config import CONFIG_KEY, CheckpointError, CompressorConfig
 from ...core import build_compressor
 from ...core.compressor import CompressedVideo, expected_tokens
 from .features import grid_size
 
 MODEL_TYPE = "vqtoken_llava_onevision"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is not what the caller expects (stock vs VQToken, token-count mismatch)."""
 
 
 @strict
