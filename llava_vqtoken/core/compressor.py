@@ -99,7 +99,9 @@ class VideoCompressor(nn.Module):
         self.config = config
         self.hidden_size = hidden_size
 
-    def forward(self, features: torch.Tensor) -> list[CompressedVideo]:
+    def forward(self, features: torch.Tensor, defer_checks: bool = False) -> list[CompressedVideo]:
+        """Compress [B, T, H, W, D] features into one CompressedVideo per video. Baselines check their
+        input up front; ``defer_checks`` exists for interface parity with VQToken."""
         check_features(features)
         if features.shape[-1] != self.hidden_size:
             raise CompressionError(

@@ -1,0 +1,1 @@
+"""Evaluation through lmms-eval: offline tasks, sweeps over compressors, reports."""

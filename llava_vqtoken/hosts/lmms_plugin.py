@@ -1,0 +1,191 @@
+"""lmms-eval (0.7.3) model plugin for the transformers host, registered through the
+``lmms_eval.models`` entry-point group (no edits to lmms-eval).
+
+``--model vqtoken_hf --model_args pretrained=DIR,num_tokens=32`` (or ``compressor=pool``,
+``adaptive=elbow,min_codes=8,max_codes=64``, ``frames=32``...). The model_args of lmms-eval's own
+``vqtoken`` wrapper are accepted as aliases: ``vqtoken_selection_method`` (fixed|elbow|silhouette),
+``vqtoken_min_clusters``, ``vqtoken_max_clusters``, ``max_frames_num``.
+Per-sample visual-token counts and timings go to ``stats_file`` (JSON lines) for eval.sh's report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import CompressorConfig, ConfigError
+
+#: lmms-eval `vqtoken` wrapper's model_args -> ours
+ALIASES = {"vqtoken_min_clusters": "min_codes", "vqtoken_max_clusters": "max_codes", "max_frames_num": "frames"}
+
+
+def manifests():
+    """Entry-point payload: the models this package adds to lmms-eval."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return [
+        ModelManifest(
+            model_id="vqtoken_hf",
+            simple_class_path="llava_vqtoken.hosts.lmms_plugin.VQTokenHF",
+            aliases=("llava_onevision_vqtoken_hf",),
+        )
+    ]
+
+
+def compressor_from_model_args(args: dict[str, Any]) -> tuple[CompressorConfig | None, dict[str, Any]]:
+    """Split lmms-eval model_args into a compressor spec (or None: keep the checkpoint's) and the rest."""
+    args = {ALIASES.get(k, k): v for k, v in args.items()}
+    spec: dict[str, Any] = {}
+    method = args.pop("vqtoken_selection_method", None)
+    if method is not None:
+        if method not in ("fixed", "elbow", "silhouette"):
+            raise ConfigError(f"vqtoken_selection_method={method!r} must be fixed, elbow or silhouette")
+        spec["adaptive"] = None if method == "fixed" else method
+        if method == "fixed" and "num_tokens" not in args and "max_codes" in args:
+            spec["num_tokens"] = int(args["max_codes"])  # the wrapper's fixed K is its max_clusters
+    if "compressor" in args:
+        spec["name"] = args.pop("compressor")
+    for key, cast in (("num_tokens", int), ("min_codes", int), ("max_codes", int), ("seed", int), ("iters", int),
+                      ("adaptive", str), ("attention", str), ("hash", str), ("codebook", str)):
+        if key in args:
+            v = args.pop(key)
+            spec[key] = None if str(v).lower() in ("none", "null", "") else cast(v)
+    if spec.get("adaptive"):
+        spec.setdefault("num_tokens", None)
+    return (CompressorConfig.from_dict(spec) if spec else None), args
+
+
+def _lmms_base():
+    from lmms_eval.api.model import lmms
+
+    return lmms
+
+
+class VQTokenHF(_lmms_base()):
+    is_simple = True
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        device: str = "cuda",
+        dtype: str = "auto",
+        batch_size: int | str = 1,
+        frames: int | str = 32,
+        max_new_tokens: int | str = 32,
+        stats_file: str | None = None,
+        attn_implementation: str | None = None,
+        **model_args: Any,
+    ) -> None:
+        super().__init__()
+        from accelerate import Accelerator
+        from transformers import AutoProcessor
+
+        from .hf import VQTokenLlavaOnevisionForConditionalGeneration, VQTokenLlavaOnevisionProcessor
+        from .hf.tiny import build_tiny_llava_onevision
+
+        spec, rest = compressor_from_model_args(model_args)
+        frames = int(rest.pop("frames", frames))
+        rest.pop("conv_template", None)  # accepted for command compatibility; chat templates come from the processor
+        rest.pop("model_name", None)
+        if rest:
+            raise ConfigError(f"vqtoken_hf: unknown model_args: {', '.join(sorted(rest))}")
+        acc = Accelerator()
+        self._rank, self._world_size = acc.local_process_index, acc.num_processes
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"
+        self._device = torch.device(f"cuda:{acc.local_process_index}" if acc.num_processes > 1 else device)
+        torch_dtype = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                       "float32": torch.float32}[dtype]
+        if torch_dtype is None:
+            torch_dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
+        path = pretrained or str(build_tiny_llava_onevision())
+        cfg = json.loads((Path(path) / "config.json").read_text()) if Path(path).is_dir() else {}
+        if cfg.get("model_type") != "vqtoken_llava_onevision" and spec is None:
+            spec = CompressorConfig(num_tokens=32)
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        self.model = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(
+            path, video_compressor=None if spec is None else spec.to_dict(), dtype=torch_dtype, **kwargs
+        ).to(self._device).eval()
+        proc = AutoProcessor.from_pretrained(path)
+        if not isinstance(proc, VQTokenLlavaOnevisionProcessor) or spec is not None:
+            proc = VQTokenLlavaOnevisionProcessor.from_stock(proc, self.model.config)
+        proc.tokenizer.padding_side = "left"
+        self.processor = proc
+        self.frames = frames
+        self.batch_size_per_gpu = int(batch_size)
+        self.max_new_tokens = int(max_new_tokens)
+        self.stats_file = stats_file or os.environ.get("LLAVA_VQTOKEN_STATS")
+        self.spec = self.model.config.compressor
+
+    # ---------------------------------------------------------------- lmms API
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("vqtoken_hf: loglikelihood is not supported; use generate_until tasks")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("vqtoken_hf: multi-round generation is not supported")
+
+    def generate_until(self, requests) -> list[str]:
+        from tqdm import tqdm
+
+        from ..video import load_video
+        from .hf import generate_adaptive
+
+        out: list[str] = []
+        bs = self.batch_size_per_gpu
+        for start in tqdm(range(0, len(requests), bs), disable=self.rank != 0, desc="vqtoken_hf"):
+            chunk = requests[start : start + bs]
+            t0 = time.perf_counter()
+            prompts, videos, untils, max_new = [], [], [], self.max_new_tokens
+            for req in chunk:
+                context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+                visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+                if not visuals:
+                    raise ValueError(f"vqtoken_hf: {task} doc {doc_id} has no video")
+                videos.append(load_video(visuals[0], self.frames))
+                msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": context}]}]
+                prompts.append(self.processor.apply_chat_template(msgs, add_generation_prompt=True))
+                until = gen_kwargs.get("until") or []
+                untils.append([until] if isinstance(until, str) else list(until))
+                max_new = int(gen_kwargs.get("max_new_tokens", max_new))
+            gen = dict(max_new_tokens=max_new, do_sample=False, num_beams=1)
+            with torch.no_grad():
+                if self.spec.adaptive is not None:
+                    ids, inputs = generate_adaptive(self.model, self.processor, videos, prompts, **gen)
+                else:
+                    inputs = self.processor(text=prompts, videos=videos, return_tensors="pt", padding=True)
+                    inputs = {k: v.to(self._device) for k, v in inputs.items()}
+                    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.model.dtype)
+                    ids = self.model.generate(**inputs, **gen)
+            counts = (inputs["input_ids"] == self.model.config.video_token_id).sum(1).tolist()
+            new_ids = ids[:, inputs["input_ids"].shape[1] :]
+            texts = self.processor.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+            secs = (time.perf_counter() - t0) / len(chunk)
+            for req, text, until, n in zip(chunk, texts, untils, counts):
+                for stop in until:
+                    if stop:
+                        text = text.split(stop)[0]
+                out.append(text)
+                self._log_stats(req, n, secs)
+        return out
+
+    def _log_stats(self, req, tokens: int, seconds: float) -> None:
+        if not self.stats_file:
+            return
+        _, _, _, doc_id, task, _ = req.args
+        rec = {"task": task, "doc_id": doc_id, "visual_tokens": int(tokens), "seconds": seconds,
+               "frames": self.frames, "compressor": self.spec.to_dict()}
+        with open(self.stats_file, "a") as f:
+            f.write(json.dumps(rec) + "\n")

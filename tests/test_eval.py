@@ -1,0 +1,75 @@
+"""lmms-eval plugin: registration, model_args aliases, report arithmetic, and the real CLI offline."""
+
+import json
+
+import pytest
+
+from llava_vqtoken.config import ConfigError
+from llava_vqtoken.eval.report import main as report_main
+from llava_vqtoken.eval.report import summarize_run
+from llava_vqtoken.eval.run import main as run_main
+from llava_vqtoken.hosts.lmms_plugin import compressor_from_model_args
+
+
+def test_registered_through_entry_points():
+    from lmms_eval.models import MODEL_REGISTRY_V2
+
+    names = MODEL_REGISTRY_V2.list_model_names()
+    assert "vqtoken_hf" in names and "llava_onevision_vqtoken_hf" in names
+
+
+def test_vqtoken_wrapper_model_args_are_aliases():
+    spec, rest = compressor_from_model_args(
+        {"vqtoken_selection_method": "elbow", "vqtoken_min_clusters": "12", "vqtoken_max_clusters": "32",
+         "max_frames_num": "16", "conv_template": "qwen_1_5"}
+    )
+    assert (spec.adaptive, spec.min_codes, spec.max_codes, spec.num_tokens) == ("elbow", 12, 32, None)
+    assert rest == {"frames": "16", "conv_template": "qwen_1_5"}
+    spec, _ = compressor_from_model_args({"vqtoken_selection_method": "fixed", "vqtoken_max_clusters": "32"})
+    assert spec.adaptive is None and spec.num_tokens == 32
+    spec, _ = compressor_from_model_args({"compressor": "tome", "num_tokens": "64"})
+    assert spec.name == "tome" and spec.num_tokens == 64
+    assert compressor_from_model_args({"frames": "8"})[0] is None
+    with pytest.raises(ConfigError, match="vqtoken_selection_method"):
+        compressor_from_model_args({"vqtoken_selection_method": "kmeans"})
+
+
+def _fake_run(d, acc, tokens, seconds, task="t"):
+    d.mkdir(parents=True)
+    (d / "x_results.json").write_text(json.dumps({"results": {task: {"alias": task, "accuracy,none": acc}}}))
+    (d / "stats.jsonl").write_text("\n".join(
+        json.dumps({"task": task, "doc_id": i, "visual_tokens": n, "seconds": s, "frames": 32,
+                    "compressor": {"name": "vqtoken"}}) for i, (n, s) in enumerate(zip(tokens, seconds))))
+
+
+def test_report_arithmetic(tmp_path):
+    _fake_run(tmp_path / "vq", 0.5772, [13, 14, 12, 13.32], [0.1, 0.3, 0.2, 0.2])
+    row = summarize_run("vq", tmp_path / "vq")[0]
+    assert row["accuracy"] == pytest.approx(57.72)
+    assert row["visual_tokens"] == pytest.approx(13.08)
+    assert row["tokdense"] == pytest.approx(57.72 / 13.08)
+    assert row["ratio_vs_23328"] == pytest.approx(13.08 / 23328)
+    assert row["seconds_per_sample"] == pytest.approx(0.2)
+    _fake_run(tmp_path / "pool", 0.572, [6273] * 2, [0.5, 0.5])
+    assert report_main([str(tmp_path)]) == 0
+    assert (tmp_path / "accuracy_vs_tokens.png").exists()
+    rows = json.loads((tmp_path / "report.json").read_text())
+    assert {r["run"] for r in rows} == {"vq", "pool"}
+    (tmp_path / "broken").mkdir()
+    assert report_main([str(tmp_path)]) == 1  # a run without results fails the report
+
+
+def test_real_lmms_eval_cli_offline(tiny_model, tmp_path, capsys):
+    rc = run_main(["--model", str(tiny_model), "--compressors", "vqtoken:num_tokens=16", "pool:num_tokens=16",
+                   "--frames", "4", "--samples", "2", "--out", str(tmp_path), "--device", "cpu"])
+    assert rc == 0, (tmp_path / "pool-num_tokens=16" / "lmms_eval.log").read_text()[-3000:]
+    rows = json.loads((tmp_path / "report.json").read_text())
+    assert [r["run"] for r in rows] == ["vqtoken-num_tokens=16", "pool-num_tokens=16"]
+    assert all(r["samples"] == 2 and r["visual_tokens"] == 17 for r in rows)  # 16 + newline, exactly
+    assert 0.0 <= rows[0]["accuracy"] <= 100.0
+
+
+def test_failed_evaluation_gives_nonzero_exit(tiny_model, tmp_path):
+    rc = run_main(["--model", str(tiny_model), "--compressors", "vqtoken:num_tokens=100000", "--frames", "2",
+                   "--samples", "1", "--out", str(tmp_path), "--device", "cpu"])
+    assert rc == 1
