@@ -7,7 +7,9 @@
 # --host hf (default): transformers host (python -m llava_vqtoken.train.hf_train --help lists its options:
 #   --model --data --frames --num-tokens/--adaptive ... --deepspeed zero2|zero3|PATH --lora --freeze
 #   --lr --compressor-lr --projector-lr --vision-lr --max-steps --batch-size --grad-accum --save-steps ...).
-# --host llava-next: the LLaVA-NeXT launcher (issue 4; not available yet).
+# --host llava-next: LLaVA-NeXT's own train() with VQToken added (python -m llava_vqtoken.llava_next.train;
+#   LLaVA-NeXT's flags plus --video_compressor '{"num_tokens": 32}' --video_compressor_lr and the
+#   video_compressor entry of --mm_tunable_parts). Needs LLaVA-NeXT installed (README) and arguments.
 # --gpus N: processes on this node. DeepSpeed's multi-node options pass through unchanged to its launcher:
 #   --hostfile F --master_addr A --master_port P --num_nodes K --node_rank R --include S --exclude S
 # Re-running with the same arguments resumes from the last checkpoint in --output-dir.
@@ -24,17 +26,26 @@ while [ $# -gt 0 ]; do
     *) args+=("$1"); shift;;
   esac
 done
-if [ "$host" = "llava-next" ]; then
-  echo "train.sh: error: --host llava-next is not implemented yet (issue 4)" >&2; exit 2
-elif [ "$host" != "hf" ]; then
+if [ "$host" != "hf" ] && [ "$host" != "llava-next" ]; then
   echo "train.sh: error: --host must be hf or llava-next, got '$host'" >&2; exit 2
 fi
-if [ -z "${NO_VENV:-}" ]; then ./scripts/bootstrap.sh; PY=.venv/bin/python; DS=.venv/bin/deepspeed; else PY=python3; DS=deepspeed; fi
+if [ "$host" = "llava-next" ]; then
+  # LLaVA-NeXT lives in its own environment (transformers 4.45.2): use the python on PATH, or $LLAVA_NEXT_PYTHON
+  PY=${LLAVA_NEXT_PYTHON:-python3}; DS=${LLAVA_NEXT_DEEPSPEED:-deepspeed}
+  if ! "$PY" -c "import llava" 2>/dev/null; then
+    echo "train.sh: error: --host llava-next needs LLaVA-NeXT importable by $PY (see README 'Installing LLaVA-NeXT')" >&2; exit 2
+  fi
+  if [ ${#args[@]} -eq 0 ]; then
+    echo "train.sh: error: --host llava-next needs LLaVA-NeXT training arguments (see README)" >&2; exit 2
+  fi
+  module=llava_vqtoken.llava_next.train
+elif [ -z "${NO_VENV:-}" ]; then ./scripts/bootstrap.sh; PY=.venv/bin/python; DS=.venv/bin/deepspeed; module=llava_vqtoken.train.hf_train
+else PY=python3; DS=deepspeed; module=llava_vqtoken.train.hf_train; fi
 if [ ${#args[@]} -eq 0 ]; then
   echo "train.sh: no arguments: embedded default (tiny RANDOM-weight model, generated videos, CPU steps)" >&2
   args=(--output-dir runs/train-demo --max-steps 40 --save-steps 20 --lr 2e-3 --projector-lr 2e-3 --compressor-lr 2e-3)
 fi
 if [ "$gpus" -gt 1 ] || [ ${#launcher[@]} -gt 0 ]; then
-  exec "$DS" --num_gpus "$gpus" "${launcher[@]}" --module llava_vqtoken.train.hf_train "${args[@]}"
+  exec "$DS" --num_gpus "$gpus" "${launcher[@]}" --module "$module" "${args[@]}"
 fi
-exec "$PY" -m llava_vqtoken.train.hf_train "${args[@]}"
+exec "$PY" -m "$module" "${args[@]}"

@@ -130,6 +130,14 @@ class VQTokenCompressor(VideoCompressor):
                 raise CompressionError("attention='released' needs grid_cells (tokens per frame, e.g. 27*27)")
             self.attention = ReleasedVQAttention(hidden_size, grid_cells, config.heads, config.ffn_dim)
 
+    def detach_attention(self) -> nn.Module | None:
+        """Hand the attention module to the host: it leaves this module's parameters (the host
+        registers it under its own name, e.g. the released checkpoint's ``cross_attention``) and is
+        still used here. Returns the module."""
+        att = self._modules.pop("attention", None)
+        object.__setattr__(self, "attention", att)  # a plain reference, not a submodule
+        return att
+
     def _generator(self, device: torch.device, offset: int) -> torch.Generator:
         g = torch.Generator(device=device)
         g.manual_seed(self.config.seed + offset)

@@ -1,0 +1,87 @@
+"""A tiny random llava_qwen (LLaVA-NeXT) model, built offline, for tests and demos.
+
+LLaVA-NeXT loads its SigLIP tower by hub id (a local path would be routed to its CLIP branch), so
+the tiny tower is written into the hub cache layout under ``HF_HOME`` and loaded with
+``HF_HUB_OFFLINE=1``. Call :func:`use_offline_cache` before transformers is imported.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SIGLIP_ID = "tiny-org/tiny-siglip-patch14-384"
+RANDOM_MARKER = "RANDOM_WEIGHTS"
+
+
+def use_offline_cache(home: str | os.PathLike[str]) -> Path:
+    """Point the hub cache at ``home`` and forbid network access (must precede importing transformers)."""
+    os.environ["HF_HOME"] = str(home)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    return Path(home)
+
+
+def _write_siglip(home: Path) -> None:
+    import torch
+    from llava.model.multimodal_encoder.siglip_encoder import SigLipVisionConfig, SigLipVisionModel
+
+    snap = home / "hub" / f"models--{SIGLIP_ID.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    if (snap / "config.json").exists():
+        return
+    torch.manual_seed(0)
+    # hidden 1152, 384 px, patch 14: the sizes LLaVA-NeXT's SigLIP wrapper assumes; only 2 thin layers
+    cfg = SigLipVisionConfig(hidden_size=1152, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    SigLipVisionModel(cfg).save_pretrained(snap)
+    refs = snap.parent.parent / "refs"
+    refs.mkdir(parents=True, exist_ok=True)
+    (refs / "main").write_text("0" * 40)
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ("what which where does the a square red green moves move left right up down direction answer is "
+             "video frame user assistant system you are helpful").split()
+    vocab = {w: i for i, w in enumerate(["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "\n", ".", "?",
+                                          *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit()])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<|endoftext|>",
+                                   eos_token="<|im_end|>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    return fast
+
+
+def build_tiny_llava_qwen(out_dir: str | os.PathLike[str], video_compressor: dict | None = None) -> Path:
+    """Write a tiny random llava_qwen checkpoint (dir name contains 'llava' and 'qwen', as the builder wants)."""
+    import torch
+    from llava.model.language_model.llava_qwen import LlavaQwenConfig, LlavaQwenForCausalLM
+
+    out = Path(out_dir)
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    _write_siglip(home)
+    tok = _tokenizer()
+    cfg = LlavaQwenConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=8192, tie_word_embeddings=False,
+    )
+    cfg.update(dict(
+        mm_vision_tower=SIGLIP_ID, mm_hidden_size=1152, mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch", mm_patch_merge_type="spatial_unpad", mm_newline_position="one_token",
+        mm_spatial_pool_mode="bilinear", image_aspect_ratio="anyres_max_9",
+        image_grid_pinpoints=[[384, 384], [384, 768], [768, 384], [768, 768]], mm_use_im_start_end=False,
+        mm_use_im_patch_token=False, tokenizer_padding_side="right", tokenizer_model_max_length=4096,
+    ))
+    if video_compressor is not None:
+        cfg.video_compressor = video_compressor
+    torch.manual_seed(0)
+    model = LlavaQwenForCausalLM(cfg)
+    with torch.no_grad():
+        model.get_model().image_newline.normal_(0, 0.02)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / RANDOM_MARKER).write_text("random weights\n")
+    return out

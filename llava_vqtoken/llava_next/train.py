@@ -1,0 +1,121 @@
+"""``python -m llava_vqtoken.llava_next.train ...``: LLaVA-NeXT's own ``train()`` with VQToken added.
+
+Adds ``--video_compressor '{"num_tokens": 32}'`` (the compressor spec, stored in the model config),
+``--video_compressor_lr`` (its own optimizer group) and the ``video_compressor`` entry of
+``--mm_tunable_parts``. Use this package's DeepSpeed configs (``configs/deepspeed/zero2.json``): the
+``scripts/zero2.json`` shipped with LLaVA-NeXT holds an optimizer block, with which DeepSpeed
+silently ignores every per-module learning rate.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import compressor_parameters, install
+
+_PATCHED = False
+
+
+def patch_training() -> None:
+    """Extend LLaVA-NeXT's argument classes and trainer (idempotent)."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    install()
+    import llava.train.llava_trainer as lt
+    import llava.train.train as tr
+
+    @dataclass
+    class VQModelArguments(tr.ModelArguments):
+        video_compressor: str | None = field(
+            default=None, metadata={"help": 'VQToken compressor spec as JSON, e.g. {"num_tokens": 32}'}
+        )
+
+    @dataclass
+    class VQTrainingArguments(tr.TrainingArguments):
+        video_compressor_lr: float | None = field(default=None, metadata={"help": "learning rate of the compressor"})
+
+    for cls in (VQModelArguments, VQTrainingArguments):  # importable by name, so checkpoints can pickle them
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
+        globals()[cls.__name__] = cls
+    tr.ModelArguments = VQModelArguments
+    tr.TrainingArguments = VQTrainingArguments
+
+    trainer_cls = lt.LLaVATrainer
+    orig_init, orig_opt = trainer_cls.__init__, trainer_cls.create_optimizer
+
+    def __init__(self, model=None, args=None, *a, **kw):
+        parts = getattr(args, "mm_tunable_parts", None)
+        params = compressor_parameters(model) if model is not None else []
+        if parts is not None:  # mm_language_model would otherwise sweep the compressor in; be explicit
+            trainable = "video_compressor" in parts.split(",")
+        else:
+            trainable = not getattr(model.config, "tune_mm_mlp_adapter", False) or args.video_compressor_lr is not None
+        for p in params:
+            p.requires_grad_(trainable)
+        orig_init(self, model, args, *a, **kw)
+
+    def create_optimizer(self):
+        opt = orig_opt(self)
+        lr = getattr(self.args, "video_compressor_lr", None)
+        mine = {id(p) for p in compressor_parameters(self.model) if p.requires_grad}
+        if lr is None or not mine or getattr(self, "_vq_group_added", False):
+            return opt
+        inner = getattr(opt, "optimizer", opt)
+        moved = []
+        for g in inner.param_groups:
+            keep = [p for p in g["params"] if id(p) not in mine]
+            moved += [p for p in g["params"] if id(p) in mine]
+            g["params"] = keep
+        inner.param_groups = [g for g in inner.param_groups if g["params"]]
+        inner.add_param_group({"params": moved, "lr": lr, "weight_decay": 0.0, "name": "video_compressor"})
+        self._vq_group_added = True
+        return opt
+
+    trainer_cls.__init__ = __init__
+    trainer_cls.create_optimizer = create_optimizer
+
+    orig_save = tr.safe_save_model_for_hf_trainer
+
+    def safe_save_model_for_hf_trainer(trainer, output_dir):
+        """LLaVA-NeXT's final save calls torch.cuda.synchronize(), which fails on CPU-only runs."""
+        import torch
+
+        if torch.cuda.is_available():
+            return orig_save(trainer=trainer, output_dir=output_dir)
+        sync = torch.cuda.synchronize
+        torch.cuda.synchronize = lambda *a, **k: None
+        try:
+            return orig_save(trainer=trainer, output_dir=output_dir)
+        finally:
+            torch.cuda.synchronize = sync
+
+    tr.safe_save_model_for_hf_trainer = safe_save_model_for_hf_trainer
+    _PATCHED = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    patch_training()
+    import llava.train.train as tr
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    args = sys.argv[1:]
+    if "--deepspeed" in args:
+        ds = args[args.index("--deepspeed") + 1]
+        if Path(ds).exists() and "optimizer" in json.loads(Path(ds).read_text()):
+            raise SystemExit(
+                f"llava-vqtoken: {ds} has an 'optimizer' block, with which DeepSpeed ignores per-module learning "
+                "rates (mm_projector_lr, mm_vision_tower_lr, video_compressor_lr); use configs/deepspeed/zero2.json"
+            )
+    attn = "sdpa"
+    if "--attn_implementation" in args:
+        attn = args[args.index("--attn_implementation") + 1]
+    tr.train(attn_implementation=attn)
+
+
+if __name__ == "__main__":
+    main()
