@@ -39,11 +39,29 @@ def _decode_pyav(path: str, num_frames: int) -> np.ndarray:
     return np.stack([frames[i] for i in sample_indices(len(frames), num_frames)])
 
 
+def _decode_opencv(path: str, num_frames: int) -> np.ndarray:
+    import cv2  # type: ignore[import-not-found]
+
+    cap = cv2.VideoCapture(path)
+    frames = []
+    ok, frame = cap.read()
+    while ok:
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        ok, frame = cap.read()
+    cap.release()
+    if not frames:
+        raise RuntimeError("OpenCV read no frames")
+    return np.stack([frames[i] for i in sample_indices(len(frames), num_frames)])
+
+
+_DECODERS = {"decord": _decode_decord, "pyav": _decode_pyav, "opencv": _decode_opencv}
+
+
 def load_video(path: str | os.PathLike[str], num_frames: int, backend: str = "auto") -> np.ndarray:
     """Decode ``num_frames`` uniformly sampled RGB frames -> uint8 [T, H, W, 3].
 
-    ``backend``: ``auto`` (decord, then PyAV), ``decord`` or ``pyav``. Raises VideoError with one line
-    naming the problem (missing file, corrupt file, zero frames, bad frame count).
+    ``backend``: ``auto`` (decord, then PyAV, then OpenCV), ``decord``, ``pyav`` or ``opencv``. Raises
+    VideoError with one line naming the problem (missing file, corrupt file, zero frames, bad frame count).
     """
     path = str(path)
     if num_frames < 1:
@@ -54,11 +72,13 @@ def load_video(path: str | os.PathLike[str], num_frames: int, backend: str = "au
         raise VideoError(f"video path is a directory: {path}")
     if os.path.getsize(path) == 0:
         raise VideoError(f"video file is empty: {path}")
-    backends = ["decord", "pyav"] if backend == "auto" else [backend]
+    backends = list(_DECODERS) if backend == "auto" else [backend]
+    if backend != "auto" and backend not in _DECODERS:
+        raise VideoError(f"unknown video backend {backend!r}; choose from {', '.join(_DECODERS)}")
     errors = []
     for name in backends:
         try:
-            out = _decode_decord(path, num_frames) if name == "decord" else _decode_pyav(path, num_frames)
+            out = _DECODERS[name](path, num_frames)
         except VideoError:
             raise
         except ImportError as e:

@@ -39,7 +39,9 @@ def part_of(name: str) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="train.sh", description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="LLaVA-OneVision or VQToken checkpoint dir (default: tiny random model)")
+    p.add_argument("--model", help="LLaVA-OneVision or VQToken checkpoint dir (default: a random model, --preset)")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "0.5b"],
+                   help="shape of the random default model: tiny (CPU) or 0.5b (SigLIP-so400m + Qwen2-0.5B)")
     p.add_argument("--data", help="LLaVA-Video-178K-style JSON (default: a generated demo set)")
     p.add_argument("--output-dir", default="runs/train-demo")
     p.add_argument("--frames", type=int, default=8)
@@ -88,7 +90,7 @@ def build(args: argparse.Namespace):
     from ..hosts.hf import VQTokenLlavaOnevisionForConditionalGeneration, VQTokenLlavaOnevisionProcessor
     from ..hosts.hf.tiny import build_tiny_llava_onevision, is_random
 
-    model_dir = args.model or str(build_tiny_llava_onevision())
+    model_dir = args.model or str(build_tiny_llava_onevision(preset=None if args.preset == "tiny" else args.preset))
     if is_random(model_dir):
         log.warning("model %s has RANDOM weights (tiny built-in default)", model_dir)
     spec = config_from_args(args)
@@ -220,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     resume = None if args.no_resume else last_checkpoint(args.output_dir)
     if resume:
         log.info("resuming from %s (optimizer, scheduler and data position)", resume)
-    trainer.train(resume_from_checkpoint=resume)
+    train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     if dataset.skipped:
         log.warning("skipped %d sample(s) with unusable videos: %s", len(dataset.skipped), sorted(dataset.skipped))
+    ranks = rank_report(trainer)
     final = Path(args.output_dir) / "final"
     zero3 = bool(ds_cfg) and json.loads(Path(ds_cfg).read_text())["zero_optimization"]["stage"] == 3
     if args.lora and not zero3:
@@ -233,12 +236,43 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.is_world_process_zero():
         proc.save_pretrained(final)
         summary = {"losses": losses, "skipped_videos": sorted(dataset.skipped), "final": str(final),
-                   "param_groups": groups_seen, "resumed_from": resume}
+                   "param_groups": groups_seen, "resumed_from": resume, "ranks": ranks,
+                   "train_samples_per_second": train_metrics.get("train_samples_per_second"),
+                   "world_size": targs.world_size}
         (Path(args.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1))
         log.info("losses: %s", " ".join(f"{x:.3f}" for x in losses))
         if not args.no_generate and not (args.lora and zero3):
             reload_and_generate(final, dataset)
     return 0
+
+
+def rank_report(trainer) -> dict[str, Any]:
+    """Per-rank peak memory and a checksum of the compressor's parameters (gathered under ZeRO-3):
+    after data-parallel updates they must be identical on every rank."""
+    import torch.distributed as dist
+
+    params = [p for n, p in trainer.model.named_parameters() if "video_compressor" in n]
+    try:
+        import deepspeed
+
+        ctx = deepspeed.zero.GatheredParameters(params) if any(hasattr(p, "ds_id") for p in params) else None
+    except ImportError:  # pragma: no cover
+        ctx = None
+    if ctx is not None:
+        with ctx:
+            checksum = float(sum(p.detach().double().sum() for p in params))
+    else:
+        checksum = float(sum(p.detach().double().sum() for p in params))
+    mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    mine = {"checksum": checksum, "peak_mem_gb": mem}
+    if dist.is_available() and dist.is_initialized():
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+    else:
+        everyone = [mine]
+    identical = len({round(e["checksum"], 9) for e in everyone}) == 1
+    log.info("compressor parameters identical across %d rank(s): %s", len(everyone), identical)
+    return {"per_rank": everyone, "compressor_identical": identical}
 
 
 def reload_and_generate(final: Path, dataset) -> None:

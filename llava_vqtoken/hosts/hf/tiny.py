@@ -54,6 +54,17 @@ def build_tokenizer():
     return fast
 
 
+#: vision / text shapes: "tiny" for CPUs; "0.5b" = SigLIP-so400m/14@384 + Qwen2-0.5B widths and depths
+PRESETS = {
+    "tiny": dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+                 text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2)),
+    "0.5b": dict(vision=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16),
+                 text=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                           num_key_value_heads=2)),
+}
+
+
 def build_tiny_llava_onevision(
     out_dir: str | os.PathLike[str] | None = None,
     image_size: int = 384,
@@ -61,8 +72,10 @@ def build_tiny_llava_onevision(
     vision_hidden: int = 32,
     text_hidden: int = 64,
     seed: int = 0,
+    preset: str | None = None,
 ) -> Path:
-    """Create (once) and return the directory of a tiny random LLaVA-OneVision checkpoint."""
+    """Create (once) and return the directory of a random LLaVA-OneVision checkpoint (tiny by default;
+    ``preset="0.5b"`` gives the real 0.5B shapes with the small tokenizer)."""
     import torch
     from transformers import (
         LlavaOnevisionConfig,
@@ -74,20 +87,23 @@ def build_tiny_llava_onevision(
         SiglipVisionConfig,
     )
 
-    name = f"tiny-llava-ov-{image_size}px-v{vision_hidden}-t{text_hidden}-s{seed}"
+    shapes = PRESETS[preset] if preset else {
+        "vision": dict(PRESETS["tiny"]["vision"], hidden_size=vision_hidden, intermediate_size=2 * vision_hidden),
+        "text": dict(PRESETS["tiny"]["text"], hidden_size=text_hidden, intermediate_size=2 * text_hidden),
+    }
+    tag = preset or f"v{vision_hidden}-t{text_hidden}"
+    name = f"tiny-llava-ov-{image_size}px-{tag}-s{seed}"
     out = Path(out_dir) if out_dir is not None else default_cache() / name
     if (out / RANDOM_MARKER).exists() and (out / "config.json").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     vision = SiglipVisionConfig(
-        hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=2,
-        num_attention_heads=2, image_size=image_size, patch_size=patch_size, vision_use_head=False,
+        image_size=image_size, patch_size=patch_size, vision_use_head=False, **shapes["vision"]
     )
     text = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=2 * text_hidden,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer), max_position_embeddings=32768, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shapes["text"],
     )
     g = image_size
     config = LlavaOnevisionConfig(
