@@ -279,11 +279,6 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from transformers.conversion_mapping import (
-        get_checkpoint_conversion_mapping,
-        register_checkpoint_conversion_mapping,
-    )
-
     AutoConfig.register(MODEL_TYPE, VQTokenLlavaOnevisionConfig, exist_ok=True)
     AutoModel.register(VQTokenLlavaOnevisionConfig, VQTokenLlavaOnevisionModel, exist_ok=True)
     AutoModelForImageTextToText.register(
@@ -292,6 +287,13 @@ def register() -> None:
     AutoProcessor.register(VQTokenLlavaOnevisionConfig, VQTokenLlavaOnevisionProcessor, exist_ok=True)
     # Without this, stock checkpoints (saved in the legacy key layout) would load with the whole LLM
     # and vision tower left at random init, reported only as MISSING keys.
+    try:
+        from transformers.conversion_mapping import (
+            get_checkpoint_conversion_mapping,
+            register_checkpoint_conversion_mapping,
+        )
+    except ImportError as e:  # a transformers without the v5 conversion registry
+        raise ImportError(f"llava-vqtoken needs transformers >= 5 with its weight-conversion registry: {e}") from e
     mapping = get_checkpoint_conversion_mapping("llava_onevision")
     if mapping is not None:
         register_checkpoint_conversion_mapping(MODEL_TYPE, mapping, overwrite=True)
