@@ -93,7 +93,11 @@ class VQTokenLlavaOnevisionModel(LlavaOnevisionModel):
         )
         b, t = pixel_values_videos.shape[:2]
         h, w = grid_size(self.config)
-        grid = out.pooler_output[:, :-1]  # drop the stock newline; ours goes after the codes
+        pooled, n = out.pooler_output, t * h * w
+        # transformers appends the newline to pooler_output in 5.23 but not in every 5.x: keep the grid only
+        if pooled.shape[1] not in (n, n + 1):
+            raise ValueError(f"unexpected video feature length {pooled.shape[1]} for {t} frames of {h}x{w}")
+        grid = pooled[:, :n]  # ours goes after the codes
         feats = grid.reshape(b, t, h, w, grid.shape[-1])
         videos = self.video_compressor(feats, defer_checks=True)
         self._pending.extend(videos)
