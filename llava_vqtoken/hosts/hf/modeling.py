@@ -94,25 +94,30 @@ class VQTokenLlavaOnevisionModel(LlavaOnevisionModel):
         b, t = pixel_values_videos.shape[:2]
         h, w = grid_size(self.config)
         pooled, n = out.pooler_output, t * h * w
-        # transformers appends the newline to pooler_output in 5.23 but not in every 5.x: keep the grid only
         if pooled.shape[1] not in (n, n + 1):
             raise ValueError(f"unexpected video feature length {pooled.shape[1]} for {t} frames of {h}x{w}")
-        grid = pooled[:, :n]  # ours goes after the codes
+        # transformers 5.23 appends the newline here; older 5.x (e.g. 5.17) append it in forward instead
+        forward_adds_newline = pooled.shape[1] == n
+        grid = pooled[:, :n]
         feats = grid.reshape(b, t, h, w, grid.shape[-1])
         videos = self.video_compressor(feats, defer_checks=True)
         self._pending.extend(videos)
         spec = self.config.compressor
+        if forward_adds_newline and not spec.newline:
+            raise ValueError("newline=False needs transformers >= 5.23 (older versions always append a newline)")
         rows = []
         for v in videos:
             tok = v.tokens
-            if spec.newline:
+            if spec.newline and not forward_adds_newline:
                 tok = torch.cat([tok, self.image_newline[None].to(tok.dtype)])
             rows.append(tok)
-        lengths = [r.shape[0] for r in rows]
+        lengths = [r.shape[0] + int(forward_adds_newline) for r in rows]
         self.last_video_tokens = lengths
+        if len({r.shape[0] for r in rows}) > 1 and forward_adds_newline:
+            raise ValueError("a batch of videos with different K needs transformers >= 5.23 (mm_encoder_outputs)")
         # equal lengths: [B, M, D]; per-video K (adaptive): one row [1, sum M_b, D] in batch order,
         # which the stock forward flattens and scatters into the placeholders in the same order
-        out.pooler_output = torch.stack(rows) if len(set(lengths)) == 1 else torch.cat(rows)[None]
+        out.pooler_output = torch.stack(rows) if len({r.shape[0] for r in rows}) == 1 else torch.cat(rows)[None]
         out["video_num_tokens"] = lengths
         out["video_key_map"] = [v.key_map for v in videos]
         return out
