@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import blobs, same_partition
+from helpers import blobs, same_partition
 from llava_vqtoken.core.adaptive import adaptive_kmeans, elbow_k
 
 

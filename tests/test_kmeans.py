@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import blobs, same_partition
+from helpers import blobs, same_partition
 from llava_vqtoken.core.kmeans import cosine_kmeans, kmeans_plus_plus, lloyd, normalize_tokens
 
 
