@@ -73,3 +73,24 @@ def test_failed_evaluation_gives_nonzero_exit(tiny_model, tmp_path):
     rc = run_main(["--model", str(tiny_model), "--compressors", "vqtoken:num_tokens=100000", "--frames", "2",
                    "--samples", "1", "--out", str(tmp_path), "--device", "cpu"])
     assert rc == 1
+
+
+def test_llava_next_model_is_registered_and_maps_model_args():
+    import importlib.util
+
+    from lmms_eval.models import MODEL_REGISTRY_V2
+
+    from llava_vqtoken.hosts.lmms_llava_next import overwrite_for
+
+    assert "vqtoken_llava_next" in MODEL_REGISTRY_V2.list_model_names()
+    over, rest = overwrite_for({"pretrained": "ckpt", "vqtoken_selection_method": "elbow", "vqtoken_min_clusters": "12",
+                                "vqtoken_max_clusters": "32", "max_frames_num": "32", "conv_template": "qwen_1_5"})
+    assert over["video_compressor"]["adaptive"] == "elbow" and over["video_compressor"]["max_codes"] == 32
+    assert rest == {"pretrained": "ckpt", "max_frames_num": 32, "conv_template": "qwen_1_5"}
+    over, _ = overwrite_for({"released": "true"})
+    assert over["video_compressor"]["attention"] == "released" and over["video_compressor"]["codebook"] == "normalized"
+    if importlib.util.find_spec("llava") is None:
+        from llava_vqtoken.hosts.lmms_llava_next import VQTokenLlavaNext
+
+        with pytest.raises(ImportError, match="LLaVA-NeXT"):
+            VQTokenLlavaNext(pretrained="x")

@@ -33,7 +33,12 @@ def manifests():
             model_id="vqtoken_hf",
             simple_class_path="llava_vqtoken.hosts.lmms_plugin.VQTokenHF",
             aliases=("llava_onevision_vqtoken_hf",),
-        )
+        ),
+        ModelManifest(  # resolved lazily: importing it needs LLaVA-NeXT, only when this model is asked for
+            model_id="vqtoken_llava_next",
+            simple_class_path="llava_vqtoken.hosts.lmms_llava_next.VQTokenLlavaNext",
+            aliases=("llava_onevision_vqtoken_next",),
+        ),
     ]
 
 
