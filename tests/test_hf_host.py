@@ -159,3 +159,9 @@ def test_trust_remote_code_export_loads_without_the_package(converted, tmp_path)
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT")]
     assert line, r.stderr[-2000:]
     assert line[0].split()[1:] == ["VQTokenLlavaOnevisionForConditionalGeneration", "9", "2"]
+
+
+def test_new_compressor_weights_are_initialised_sanely(converted):
+    model, _, _ = converted
+    for name, p in model.model.video_compressor.named_parameters():
+        assert torch.isfinite(p).all() and p.abs().max() < 10, name

@@ -74,7 +74,10 @@ class VQAttention(nn.Module):
         self.dim, self.heads, self.freqs, self.mode = dim, heads, freqs, mode
         fdim = footprint_dim(freqs)
         self.footprint_mlp = nn.Sequential(nn.Linear(fdim, dim), nn.GELU(), nn.Linear(dim, dim))
-        self.norm = nn.LayerNorm(dim)
+        # no affine parameters: q/k projections absorb them, and hosts that build this module on the
+        # meta device and then initialise only the layer types they know (LLaVA-NeXT's Qwen2) would
+        # otherwise leave a LayerNorm's gain as uninitialised memory
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)

@@ -190,3 +190,10 @@ def test_patch_applies_to_named_commit():
     patch = Path(__file__).resolve().parents[2] / "patches" / "llava-next-b42941c-vqtoken.patch"
     r = subprocess.run(["git", "apply", "--check", str(patch)], cwd=src, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_stock_checkpoint_with_spec_gets_finite_small_compressor_weights(installed, tmp_path):
+    path = build_tiny_llava_qwen(tmp_path / "llava-qwen-stock2")
+    _, model, _, _ = load(path, overwrite_config={"video_compressor": SPEC})
+    for name, p in model.get_model().video_compressor.named_parameters():
+        assert torch.isfinite(p.float()).all() and p.float().abs().max() < 10, name
