@@ -92,3 +92,13 @@ def test_cuda_graph_replay_matches_eager():
     ra, ca = adaptive_kmeans(x, 4, 40, "elbow")
     rb, cb = adaptive_kmeans(x, 4, 40, "elbow", cuda_graphs=False)
     assert [c.k for c in ca] == [c.k for c in cb] and torch.equal(ra.labels, rb.labels)
+
+
+def test_gram_seeding_matches_direct_seeding():
+    from llava_vqtoken.core.kmeans import _generator, draw_seed_noise, seed_centres
+
+    x = normalize_tokens(torch.randn(2, 700, 16, generator=torch.Generator().manual_seed(5)))
+    noise, m = draw_seed_noise(2, 700, 12, x.device, _generator(x.device, 3), 512, None)
+    a = seed_centres(x, 12, noise, m, use_gram=True)
+    b = seed_centres(x, 12, noise, m, use_gram=False)
+    assert torch.allclose(a, b)

@@ -245,7 +245,8 @@ def adaptive_kmeans(
 def _fit_top(x, keys, first, race, *, k: int, m: int, iters: int, tol: float, compiled: bool):
     """Sync-free first stage: fit at the top of the range, then per-cluster sums and their Gram matrix."""
     xn = normalize_tokens(x)
-    r = lloyd(xn, seed_centres(xn, k, SeedNoise(keys, first, race), m), iters=iters, tol=tol, compiled=compiled)
+    centres = seed_centres(xn, k, SeedNoise(keys, first, race), m, compiled=compiled)
+    r = lloyd(xn, centres, iters=iters, tol=tol, compiled=compiled)
     sums = torch.bmm(one_hot(r.labels, k, xn.dtype).transpose(1, 2), xn).float()  # [B, K0, D]
     gram = torch.bmm(sums, sums.transpose(1, 2))
     total_sq = xn.float().square().sum(dim=(1, 2))

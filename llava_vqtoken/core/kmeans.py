@@ -75,7 +75,32 @@ def draw_seed_noise(
     return SeedNoise(keys, first, race), m
 
 
-def seed_centres(xn: torch.Tensor, k: int, noise: SeedNoise, m: int) -> torch.Tensor:
+def gram_seed_step(min_d2: torch.Tensor, race: torch.Tensor, gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One greedy k-means++ step from the pool's Gram matrix: (new min distances [B, M], pick [B])."""
+    b, m = min_d2.shape
+    cand = (race / (min_d2[:, None, :] + 1e-12)).argmin(dim=2)  # [B, L]
+    sims = gram.gather(1, cand.unsqueeze(-1).expand(-1, -1, m))
+    new_min = torch.minimum(min_d2[:, None, :], (2.0 - 2.0 * sims.float()).clamp_min(0.0))  # [B, L, M]
+    best = new_min.sum(dim=2).argmin(dim=1)
+    rows = torch.arange(b, device=min_d2.device)
+    return new_min[rows, best], cand[rows, best]
+
+
+_COMPILED_SEED = None
+
+
+def _seed_step_fn(compiled: bool):
+    global _COMPILED_SEED
+    if not compiled:
+        return gram_seed_step
+    if _COMPILED_SEED is None:
+        _COMPILED_SEED = torch.compile(gram_seed_step, dynamic=False, fullgraph=True)
+    return _COMPILED_SEED
+
+
+def seed_centres(
+    xn: torch.Tensor, k: int, noise: SeedNoise, m: int, compiled: bool = False, use_gram: bool | None = None
+) -> torch.Tensor:
     """Greedy k-means++ on unit vectors ``xn`` [B, N, D] -> [B, K, D] (fp32).
 
     Seeds come from a random subset of m tokens (all when N <= m), which keeps the K sequential
@@ -91,7 +116,8 @@ def seed_centres(xn: torch.Tensor, k: int, noise: SeedNoise, m: int) -> torch.Te
         pool = xn.gather(1, idx.unsqueeze(-1).expand(b, m, d))
     else:
         pool = xn
-    gram = torch.bmm(pool, pool.transpose(1, 2)) if xn.is_cuda else None  # [B, M, M]
+    use_gram = xn.is_cuda if use_gram is None else use_gram
+    gram = torch.bmm(pool, pool.transpose(1, 2)) if use_gram else None  # [B, M, M]
 
     def dist2(index: torch.Tensor) -> torch.Tensor:
         """Squared chord distance (2 - 2 cos) from pool tokens ``index`` [B, L] to the pool -> [B, L, M]."""
@@ -104,6 +130,11 @@ def seed_centres(xn: torch.Tensor, k: int, noise: SeedNoise, m: int) -> torch.Te
     picked = torch.empty(b, k, dtype=torch.long, device=xn.device)
     picked[:, 0] = (noise.first * m).long().clamp_max(m - 1)
     min_d2 = dist2(picked[:, :1])[:, 0]
+    if gram is not None:
+        step = _seed_step_fn(compiled)
+        for j in range(1, k):
+            min_d2, picked[:, j] = step(min_d2, noise.race[:, j - 1], gram)
+        return pool.gather(1, picked.unsqueeze(-1).expand(-1, -1, d)).float()
     for j in range(1, k):
         cand = (noise.race[:, j - 1] / (min_d2[:, None, :] + 1e-12)).argmin(dim=2)  # [B, L]
         new_min = torch.minimum(min_d2[:, None, :], dist2(cand))  # [B, L, M]
@@ -225,7 +256,7 @@ def lloyd(
 def _fit(x: torch.Tensor, keys, first, race, *, k: int, m: int, iters: int, tol: float, compiled: bool = False):
     """Pure, sync-free fixed-K fit from pre-drawn noise (what gets captured as a CUDA graph)."""
     xn = normalize_tokens(x)
-    centres = seed_centres(xn, k, SeedNoise(keys, first, race), m)
+    centres = seed_centres(xn, k, SeedNoise(keys, first, race), m, compiled=compiled)
     r = lloyd(xn, centres, iters=iters, tol=tol, compiled=compiled)
     return r.centroids, r.labels, r.inertia, r.counts
 
