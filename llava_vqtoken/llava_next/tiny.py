@@ -22,20 +22,25 @@ def use_offline_cache(home: str | os.PathLike[str]) -> Path:
     return Path(home)
 
 
-def _write_siglip(home: Path) -> None:
+def _write_siglip(home: Path, layers: int = 2, intermediate: int = 64, heads: int = 4) -> None:
     import torch
     from llava.model.multimodal_encoder.siglip_encoder import SigLipVisionConfig, SigLipVisionModel
 
-    snap = home / "hub" / f"models--{SIGLIP_ID.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snap = home / "hub" / f"models--{_siglip_id(layers).replace('/', '--')}" / "snapshots" / ("0" * 40)
     if (snap / "config.json").exists():
         return
     torch.manual_seed(0)
     # hidden 1152, 384 px, patch 14: the sizes LLaVA-NeXT's SigLIP wrapper assumes; only 2 thin layers
-    cfg = SigLipVisionConfig(hidden_size=1152, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    cfg = SigLipVisionConfig(hidden_size=1152, intermediate_size=intermediate, num_hidden_layers=layers,
+                             num_attention_heads=heads)
     SigLipVisionModel(cfg).save_pretrained(snap)
     refs = snap.parent.parent / "refs"
     refs.mkdir(parents=True, exist_ok=True)
     (refs / "main").write_text("0" * 40)
+
+
+def _siglip_id(layers: int) -> str:
+    return SIGLIP_ID if layers == 2 else f"{SIGLIP_ID}-{layers}l"
 
 
 def _tokenizer():
@@ -54,21 +59,28 @@ def _tokenizer():
     return fast
 
 
-def build_tiny_llava_qwen(out_dir: str | os.PathLike[str], video_compressor: dict | None = None) -> Path:
-    """Write a tiny random llava_qwen checkpoint (dir name contains 'llava' and 'qwen', as the builder wants)."""
+def build_tiny_llava_qwen(
+    out_dir: str | os.PathLike[str], video_compressor: dict | None = None, preset: str = "tiny"
+) -> Path:
+    """Write a random llava_qwen checkpoint (dir name must contain 'llava' and 'qwen', as the builder wants).
+    ``preset="0.5b"``: SigLIP-so400m (26 layers) + Qwen2-0.5B shapes with the small tokenizer."""
     import torch
     from llava.model.language_model.llava_qwen import LlavaQwenConfig, LlavaQwenForCausalLM
 
     out = Path(out_dir)
     home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    _write_siglip(home)
+    big = preset == "0.5b"
+    layers = 26 if big else 2
+    _write_siglip(home, layers=layers, intermediate=4304 if big else 64, heads=16 if big else 4)
     tok = _tokenizer()
-    cfg = LlavaQwenConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=8192, tie_word_embeddings=False,
-    )
+    text = (dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2) if big else
+            dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2))
+    cfg = LlavaQwenConfig(vocab_size=len(tok), max_position_embeddings=8192, tie_word_embeddings=False, **text)
     cfg.update(dict(
-        mm_vision_tower=SIGLIP_ID, mm_hidden_size=1152, mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
+        mm_vision_tower=_siglip_id(layers), mm_hidden_size=1152, mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=-2,
         mm_vision_select_feature="patch", mm_patch_merge_type="spatial_unpad", mm_newline_position="one_token",
         mm_spatial_pool_mode="bilinear", image_aspect_ratio="anyres_max_9",
         image_grid_pinpoints=[[384, 384], [384, 768], [768, 384], [768, 768]], mm_use_im_start_end=False,

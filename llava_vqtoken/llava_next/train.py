@@ -19,6 +19,50 @@ from . import compressor_parameters, install
 _PATCHED = False
 
 
+def _rank_check_class():
+    from transformers import TrainerCallback
+
+    class RankCheck(TrainerCallback):
+        """At the end of training: compressor checksum on every rank (gathered under ZeRO-3), peak
+        memory, written to <output_dir>/vqtoken_ranks.json by rank 0."""
+
+        def on_train_end(self, args, state, control, model=None, **kw):
+            import torch
+            import torch.distributed as dist
+
+            params = compressor_parameters(model)
+            try:
+                import deepspeed
+
+                zero3 = any(hasattr(p, "ds_id") for p in params)
+                ctx = deepspeed.zero.GatheredParameters(params) if zero3 else None
+            except ImportError:
+                ctx = None
+            if ctx is not None:
+                with ctx:
+                    checksum = float(sum(p.detach().double().sum() for p in params))
+            else:
+                checksum = float(sum(p.detach().double().sum() for p in params))
+            mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+            mine = {"checksum": checksum, "peak_mem_gb": mem}
+            everyone = [mine]
+            if dist.is_available() and dist.is_initialized():
+                everyone = [None] * dist.get_world_size()
+                dist.all_gather_object(everyone, mine)
+            same = len({round(e["checksum"], 9) for e in everyone}) == 1
+            if state.is_world_process_zero:
+                Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+                out = {"per_rank": everyone, "compressor_identical": same, "log_history": state.log_history}
+                (Path(args.output_dir) / "vqtoken_ranks.json").write_text(json.dumps(out, indent=1))
+                print(f"[llava-vqtoken] compressor parameters identical across {len(everyone)} rank(s): {same}")
+
+    return RankCheck
+
+
+def _RankCheck():  # noqa: N802 - a factory that reads like the class it returns
+    return _rank_check_class()()
+
+
 def patch_training() -> None:
     """Extend LLaVA-NeXT's argument classes and trainer (idempotent)."""
     global _PATCHED
@@ -57,6 +101,7 @@ def patch_training() -> None:
         for p in params:
             p.requires_grad_(trainable)
         orig_init(self, model, args, *a, **kw)
+        self.add_callback(_RankCheck())
 
     def create_optimizer(self):
         opt = orig_opt(self)
