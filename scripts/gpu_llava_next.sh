@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Multi-GPU DeepSpeed check for the LLaVA-NeXT host (run on the lent 2-GPU machine).
-# Carried: .whl-ln (transformers 4.45.2, tokenizers 0.20.3, accelerate 0.34.2, hub 0.36, decord, DeepSpeed),
-# .llava (LLaVA-NeXT b42941c: llava/ and its vendored trl/), .gpu/data (generated videos + JSON).
+# Carried: .whl-ln (transformers 4.45.2, tokenizers 0.20.3, accelerate 0.34.2, huggingface-hub 0.36.2,
+# datasets 4.8.5, dill 0.3.8, multiprocess 0.70.16, tyro 1.0.17, docstring-parser, typeguard, shtab, decord 0.6.0,
+# and DeepSpeed's sdist + needs as in gpu_multi.sh), .llava (LLaVA-NeXT b42941c: llava/ and its vendored trl/),
+# .gpu/data (generated videos + JSON).
+# Status 2026-11-22: model build, DeepSpeed ZeRO-2/3 init and the first forward ran on 1 and 2 H200s, but the
+# carried decord did not import on that image, LLaVA-NeXT's dataset swallowed it, and the batch reached
+# prepare_inputs_labels_for_multimodal without frames (IndexError). Next: carry a decoder that imports there
+# (PyAV's wheel bundles FFmpeg) or pre-extract frames.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/lnsite .whl-ln/*.whl || exit 1
 DS_BUILD_OPS=0 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/lnsite .whl-ln/deepspeed-*.tar.gz || exit 1
