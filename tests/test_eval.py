@@ -93,4 +93,4 @@ def test_llava_next_model_is_registered_and_maps_model_args():
         from llava_vqtoken.hosts.lmms_llava_next import VQTokenLlavaNext
 
         with pytest.raises(ImportError, match="LLaVA-NeXT"):
-            VQTokenLlavaNext(pretrained="x")
+            VQTokenLlavaNext(pretrained="x", device="cpu")

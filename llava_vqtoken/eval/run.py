@@ -48,6 +48,8 @@ def model_args(setting: str, model: str | None, frames: int, stats: Path, extra:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="eval.sh", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="checkpoint dir (default: the tiny random model)")
+    p.add_argument("--host", default="hf", choices=["hf", "llava-next"],
+                   help="transformers (vqtoken_hf) or LLaVA-NeXT (vqtoken_llava_next; needs llava and --model)")
     p.add_argument("--tasks", help="lmms-eval tasks, comma-separated (default: a generated local task)")
     p.add_argument("--compressors", nargs="+", default=None, help="settings to sweep (see module doc)")
     p.add_argument("--frames", type=int, default=32)
@@ -65,6 +67,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     import torch
+
+    if a.host == "llava-next" and not a.model:
+        print("eval.sh: error: --host llava-next needs --model (a llava_qwen checkpoint directory)", file=sys.stderr)
+        return 2
 
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         launcher = [sys.executable, "-m"] if a.gpus <= 1 else [
             sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(a.gpus), "-m"]
         cmd = launcher + [
-            "lmms_eval", "--model", "vqtoken_hf",
+            "lmms_eval", "--model", "vqtoken_hf" if a.host == "hf" else "vqtoken_llava_next",
             "--model_args", model_args(setting, a.model, a.frames, stats, a.model_args),
             "--tasks", tasks, "--batch_size", str(a.batch_size), "--output_path", str(run_dir),
             "--device", device, "--verbosity", "WARNING",

@@ -1,3 +1,2 @@
-"""Host adapters. Importing ``llava_vqtoken.hosts`` registers the transformers classes."""
-
-from . import hf  # noqa: F401
+"""Host adapters, one per host library; import the one you use (``llava_vqtoken.hosts.hf`` registers the
+transformers classes). Nothing is imported here, so each host loads without the others' dependencies."""

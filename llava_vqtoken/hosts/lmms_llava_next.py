@@ -1,38 +1,32 @@
-"""lmms-eval model for the LLaVA-NeXT host: lmms-eval's own ``llava_onevision`` wrapper with the
-plugin installed and the compressor spec passed as an ``overwrite_config`` entry (its
-``_get_model_overwrite_config`` hook). Loads only where LLaVA-NeXT (``llava``) is importable.
+"""lmms-eval model for the LLaVA-NeXT host (``--model vqtoken_llava_next``), registered through the
+same entry point as ``vqtoken_hf``; it loads only where LLaVA-NeXT (``llava``) is importable.
 
-``--model vqtoken_llava_next --model_args pretrained=DIR,num_tokens=32`` (same compressor model_args
-and the same ``vqtoken_*`` aliases as ``vqtoken_hf``; ``released=true`` selects the authors'
-checkpoint behaviour, ``CompressorConfig.released()``).
+It loads with LLaVA-NeXT's own ``load_pretrained_model`` (the compressor spec goes in as an
+``overwrite_config`` entry, so a stock checkpoint is converted and a VQToken one keeps or overrides
+its spec), decodes frames itself (decord, PyAV or OpenCV) and runs on CPU or GPU; lmms-eval's own
+``llava_onevision`` wrapper hard-codes CUDA and fp16. model_args: the compressor's fields and the
+``vqtoken_*`` aliases (as ``vqtoken_hf``), ``released=true`` for the authors' checkpoint
+behaviour, ``frames``/``max_frames_num``, ``conv_template`` (qwen_1_5), ``model_name`` (llava_qwen).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import time
 from typing import Any
 
+import torch
+
 from ..config import CompressorConfig
-
-
-def _base():
-    if importlib.util.find_spec("llava") is None:
-        raise ImportError(
-            "vqtoken_llava_next needs LLaVA-NeXT (package 'llava'); see README 'LLaVA-NeXT plugin', "
-            "or use --model vqtoken_hf"
-        )
-    from lmms_eval.models.simple.llava_onevision import Llava_OneVision
-
-    return Llava_OneVision
+from .lmms_plugin import _lmms_base, compressor_from_model_args
 
 
 def overwrite_for(model_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """model_args -> (overwrite_config entries, the args left for lmms-eval's llava_onevision)."""
-    from .lmms_plugin import compressor_from_model_args
-
+    """model_args -> (overwrite_config entries for load_pretrained_model, the remaining args)."""
     args = dict(model_args)
     released = str(args.pop("released", "false")).lower() in ("1", "true", "yes")
-    frames = args.pop("frames", None)
     spec, rest = compressor_from_model_args(args)
     if released:  # the authors' behaviour, with any field the user set on top
         default = CompressorConfig().to_dict()
@@ -40,23 +34,128 @@ def overwrite_for(model_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
         spec = CompressorConfig.released(**given)
     if spec is None:
         spec = CompressorConfig(num_tokens=32)
-    if frames is not None:
-        rest["max_frames_num"] = int(frames)
-    elif "frames" in rest:
+    if "frames" in rest:
         rest["max_frames_num"] = int(rest.pop("frames"))
     return {"video_compressor": spec.to_dict()}, rest
 
 
-class VQTokenLlavaNext(_base() if importlib.util.find_spec("llava") else object):  # type: ignore[misc]
+class VQTokenLlavaNext(_lmms_base()):
     is_simple = True
 
-    def __init__(self, **model_args: Any) -> None:
-        _base()  # clear error when LLaVA-NeXT is missing
+    def __init__(
+        self,
+        pretrained: str = "lmms-lab/llava-onevision-qwen2-0.5b-ov",
+        device: str = "cuda",
+        dtype: str = "bfloat16",
+        batch_size: int | str = 1,
+        max_new_tokens: int | str = 32,
+        stats_file: str | None = None,
+        conv_template: str = "qwen_1_5",
+        model_name: str = "llava_qwen",
+        attn_implementation: str = "sdpa",
+        **model_args: Any,
+    ) -> None:
+        super().__init__()
+        if importlib.util.find_spec("llava") is None:
+            raise ImportError(
+                "vqtoken_llava_next needs LLaVA-NeXT (package 'llava'); see README 'LLaVA-NeXT plugin', "
+                "or use --model vqtoken_hf"
+            )
+        from accelerate import Accelerator
+
         from ..llava_next import install
 
         install()
-        self._vq_overwrite, rest = overwrite_for(model_args)
-        super().__init__(**rest)
+        from llava.model.builder import load_pretrained_model
 
-    def _get_model_overwrite_config(self) -> dict[str, object]:
-        return dict(self._vq_overwrite)
+        overwrite, rest = overwrite_for(model_args)
+        self.frames = int(rest.pop("max_frames_num", 32))
+        if rest:
+            raise ValueError(f"vqtoken_llava_next: unknown model_args: {', '.join(sorted(rest))}")
+        acc = Accelerator()
+        self._rank, self._world_size = acc.local_process_index, acc.num_processes
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"
+        if device.startswith("cuda") and acc.num_processes > 1:
+            torch.cuda.set_device(acc.local_process_index)
+            device = f"cuda:{acc.local_process_index}"
+        self._device = torch.device(device)
+        # device_map="auto" keeps the builder from forcing the vision tower to cuda fp16
+        device_map = "auto" if self._device.type == "cpu" or acc.num_processes == 1 else device
+        self.tokenizer, self.model, self.image_processor, _ = load_pretrained_model(
+            pretrained, None, model_name, device_map=device_map, torch_dtype=dtype,
+            attn_implementation=attn_implementation, overwrite_config=overwrite,
+        )
+        self.model.eval()
+        self.dtype = next(self.model.parameters()).dtype
+        self.conv_template = conv_template
+        self.batch_size_per_gpu = int(batch_size)
+        self.max_new_tokens = int(max_new_tokens)
+        self.stats_file = stats_file or os.environ.get("LLAVA_VQTOKEN_STATS")
+        self.spec = CompressorConfig.from_dict(overwrite["video_compressor"])
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("vqtoken_llava_next: loglikelihood is not supported; use generate_until tasks")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("vqtoken_llava_next: multi-round generation is not supported")
+
+    def _prompt(self, context: str) -> str:
+        from llava.constants import DEFAULT_IMAGE_TOKEN
+        from llava.conversation import conv_templates
+
+        conv = conv_templates[self.conv_template].copy()
+        conv.append_message(conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{context}")
+        conv.append_message(conv.roles[1], None)
+        return conv.get_prompt()
+
+    def generate_until(self, requests) -> list[str]:
+        from llava.constants import IMAGE_TOKEN_INDEX
+        from llava.mm_utils import tokenizer_image_token
+        from tqdm import tqdm
+
+        from ..video import load_video
+
+        out: list[str] = []
+        for req in tqdm(requests, disable=self.rank != 0, desc="vqtoken_llava_next"):
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+            t0 = time.perf_counter()
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+            if not visuals:
+                raise ValueError(f"vqtoken_llava_next: {task} doc {doc_id} has no video")
+            frames = load_video(visuals[0], self.frames)
+            pixels = self.image_processor.preprocess(list(frames), return_tensors="pt")["pixel_values"]
+            pixels = pixels.to(self._device, self.dtype)
+            ids = tokenizer_image_token(self._prompt(context), self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+            ids = ids.unsqueeze(0).to(self._device)
+            with torch.no_grad():
+                gen = self.model.generate(
+                    ids, attention_mask=torch.ones_like(ids), images=[pixels], modalities=["video"],
+                    max_new_tokens=int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)), do_sample=False,
+                    num_beams=1, pad_token_id=self.tokenizer.pad_token_id,
+                )
+            text = self.tokenizer.batch_decode(gen, skip_special_tokens=True)[0]
+            until = gen_kwargs.get("until") or []
+            for stop in [until] if isinstance(until, str) else until:
+                if stop:
+                    text = text.split(stop)[0]
+            out.append(text)
+            tokens = int(self.model.get_model().last_video_tokens) + 1  # + image_newline (one_token mode)
+            self._log(task, doc_id, tokens, time.perf_counter() - t0)
+        return out
+
+    def _log(self, task: str, doc_id: int, tokens: int, seconds: float) -> None:
+        if not self.stats_file:
+            return
+        rec = {"task": task, "doc_id": doc_id, "visual_tokens": tokens, "seconds": seconds, "frames": self.frames,
+               "compressor": self.spec.to_dict()}
+        with open(self.stats_file, "a") as f:
+            f.write(json.dumps(rec) + "\n")

@@ -278,7 +278,7 @@ def rank_report(trainer) -> dict[str, Any]:
 def reload_and_generate(final: Path, dataset) -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from .. import hosts  # noqa: F401  (registers the VQToken classes)
+    from ..hosts import hf  # noqa: F401  (registers the VQToken classes)
 
     try:  # load plainly, not partitioned, even if a ZeRO-3 config is still active in this process
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
