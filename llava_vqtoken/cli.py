@@ -26,7 +26,8 @@ def add_compressor_args(p: argparse.ArgumentParser) -> None:
     """Flags named after :class:`CompressorConfig` fields (``num_tokens`` -> ``--num-tokens``)."""
     d = CompressorConfig()
     p.add_argument("--compressor", dest="name", default="vqtoken", choices=COMPRESSORS, help="method (config: name)")
-    p.add_argument("--num-tokens", type=int, default=d.num_tokens, help="token budget per video (K codes)")
+    p.add_argument("--num-tokens", type=int, default=None,
+                   help=f"token budget per video (K codes; default {d.num_tokens}; for pool: stock 2x pooling)")
     p.add_argument("--adaptive", choices=["elbow", "silhouette"], default=None, help="choose K per video")
     p.add_argument("--min-codes", type=int, default=d.min_codes)
     p.add_argument("--max-codes", type=int, default=d.max_codes)
@@ -39,8 +40,8 @@ def add_compressor_args(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(a: argparse.Namespace) -> CompressorConfig:
     num_tokens = a.num_tokens
-    if a.name == "pool" and num_tokens == CompressorConfig().num_tokens and a.num_tokens_default:
-        num_tokens = None
+    if num_tokens is None and a.name != "pool" and a.adaptive is None:
+        num_tokens = CompressorConfig().num_tokens  # pool without a budget is LLaVA-OneVision's stock pooling
     return CompressorConfig(
         name=a.name, num_tokens=num_tokens, adaptive=a.adaptive, min_codes=a.min_codes, max_codes=a.max_codes,
         iters=a.iters, attention=a.attention, hash=a.hash, codebook=a.codebook, seed=a.seed,
@@ -198,7 +199,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parser.parse_args(argv)
-    a.num_tokens_default = "--num-tokens" not in argv
     from .core.compressor import CompressionError
     from .video import VideoError
 

@@ -133,15 +133,6 @@ class CompressorConfig:
     def replace(self, **changes: Any) -> CompressorConfig:
         return dataclasses.replace(self, **changes)
 
-    @property
-    def max_output_codes(self) -> int | None:
-        """Upper bound of the tokens the compressor emits (newline excluded)."""
-        if self.name == "none":
-            return None
-        if self.adaptive is not None:
-            return self.max_codes
-        return self.num_tokens
-
     @classmethod
     def released(cls, **changes: Any) -> CompressorConfig:
         """The authors' released checkpoint behaviour: normalised-mean codebook, centroids only,
@@ -152,8 +143,3 @@ class CompressorConfig:
         )
         base.update(changes)
         return cls(**base)
-
-    # ------------------------------------------------------------------ CLI
-    @staticmethod
-    def cli_flag(name: str) -> str:
-        return "--" + name.replace("_", "-")

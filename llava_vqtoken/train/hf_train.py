@@ -67,7 +67,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop as if interrupted after N optimizer steps (to test resumption)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    a.num_tokens_default = "--num-tokens" not in (argv if argv is not None else sys.argv[1:])
     bad = set(filter(None, a.freeze.split(","))) - set(PARTS)
     if bad:
         p.error(f"--freeze: unknown part(s) {', '.join(sorted(bad))}; choose from {', '.join(PARTS)}")
