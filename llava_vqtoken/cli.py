@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="stock LLaVA-OneVision or VQToken checkpoint directory")
     e.add_argument("--out", required=True)
     add_compressor_args(e)
+    sub.add_parser("motionqa", help="synthetic motion-QA benchmark across compressors (see --help of the module)",
+                   add_help=False)
     m = sub.add_parser("make-video", help="write a short synthetic clip (moving coloured squares)")
     m.add_argument("out")
     m.add_argument("--frames", type=int, default=48)
@@ -198,6 +200,10 @@ def run_export(a: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["motionqa"]:
+        from .motionqa.bench import main as motionqa_main
+
+        return motionqa_main(argv[1:])
     a = parser.parse_args(argv)
     from .core.compressor import CompressionError
     from .video import VideoError

@@ -1,0 +1,111 @@
+"""Episodes of coloured shapes moving on a grey field, with multiple-choice questions whose answers
+need object identity, direction of motion, temporal order of appearance, or counting.
+
+Several objects per clip, static distractors, staggered appearance times and questions about one
+named object, so that a single global summary of the clip is not enough.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 220, 40),
+          "magenta": (210, 50, 210), "cyan": (40, 210, 220)}
+SHAPES = ("square", "circle", "triangle", "cross")
+DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
+TYPES = ("identity", "direction", "order", "count")
+
+
+@dataclass
+class Obj:
+    color: str
+    shape: str
+    direction: str | None  # None: a static distractor
+    start: int  # first frame where it is visible
+    y: float
+    x: float
+
+
+def _mask(shape: str, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    c = (size - 1) / 2
+    if shape == "square":
+        return np.ones((size, size), bool)
+    if shape == "circle":
+        return (yy - c) ** 2 + (xx - c) ** 2 <= c**2 + 0.5
+    if shape == "triangle":
+        return yy >= np.abs(xx - c) * 2 - 1
+    return (np.abs(yy - c) <= size / 6) | (np.abs(xx - c) <= size / 6)  # cross
+
+
+def make_episode(
+    rng: random.Random, frames: int = 16, size: int = 64, objects: int = 3
+) -> tuple[np.ndarray, list[Obj]]:
+    """One clip [T, size, size, 3] uint8 and its objects (distinct colours, at least 2 moving)."""
+    colors = rng.sample(list(COLORS), objects)
+    objs = []
+    n_moving = rng.randint(2, objects)
+    starts = rng.sample(range(0, max(objects, frames // 2)), objects)
+    for i, color in enumerate(colors):
+        direction = rng.choice(list(DIRECTIONS)) if i < n_moving else None
+        objs.append(Obj(color, rng.choice(SHAPES), direction, starts[i], rng.uniform(0.3, 0.7) * size,
+                        rng.uniform(0.3, 0.7) * size))
+    rng.shuffle(objs)
+    obj_size = max(6, size // 6)
+    speed = size * 0.4 / frames
+    video = np.full((frames, size, size, 3), 110, np.uint8)
+    for t in range(frames):
+        for o in objs:
+            if t < o.start:
+                continue
+            dy, dx = DIRECTIONS[o.direction] if o.direction else (0, 0)
+            y = int(np.clip(o.y + dy * speed * (t - o.start), 0, size - obj_size))
+            x = int(np.clip(o.x + dx * speed * (t - o.start), 0, size - obj_size))
+            m = _mask(o.shape, obj_size)
+            video[t, y : y + obj_size, x : x + obj_size][m] = COLORS[o.color]
+    return video, objs
+
+
+def make_question(rng: random.Random, objs: list[Obj], qtype: str) -> tuple[str, list[str], int]:
+    """(question, 4 options, index of the answer)."""
+    if qtype == "identity":
+        o = rng.choice(objs)
+        opts = [o.shape] + rng.sample([s for s in SHAPES if s != o.shape], 3)
+        q = f"What shape is the {o.color} object?"
+    elif qtype == "direction":
+        o = rng.choice([o for o in objs if o.direction])
+        opts = [o.direction] + [d for d in DIRECTIONS if d != o.direction]
+        q = f"Which way does the {o.color} {o.shape} move?"
+    elif qtype == "order":
+        first = min(objs, key=lambda o: o.start)
+        others = [o.color for o in objs if o is not first]
+        pool = [c for c in COLORS if c != first.color and c not in others]
+        opts = [first.color] + (others + pool)[:3]
+        q = "Which object appears first?"
+    else:
+        n = sum(1 for o in objs if o.direction)
+        opts = [str(n)] + [str(k) for k in range(1, 5) if k != n][:3]
+        q = "How many objects are moving?"
+    answer = opts[0]
+    rng.shuffle(opts)
+    return q, opts, opts.index(answer)
+
+
+def prompt_text(question: str, options: list[str]) -> str:
+    letters = "\n".join(f"{letter}. {opt}" for letter, opt in zip("ABCD", options))
+    return f"{question}\n{letters}\nAnswer with the option's letter."
+
+
+def make_split(n: int, seed: int, frames: int, size: int, objects: int = 3):
+    """n samples: (video, question type, prompt, answer index), question types balanced."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        video, objs = make_episode(rng, frames, size, objects)
+        qtype = TYPES[i % len(TYPES)]
+        q, opts, ans = make_question(rng, objs, qtype)
+        out.append((video, qtype, prompt_text(q, opts), ans))
+    return out
