@@ -12,7 +12,6 @@ behaviour, ``frames``/``max_frames_num``, ``conv_template`` (qwen_1_5), ``model_
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import time
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 from ..config import CompressorConfig
-from .lmms_plugin import _lmms_base, compressor_from_model_args
+from .lmms_plugin import VideoLmms, compressor_from_model_args
 
 
 def overwrite_for(model_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -39,8 +38,8 @@ def overwrite_for(model_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
     return {"video_compressor": spec.to_dict()}, rest
 
 
-class VQTokenLlavaNext(_lmms_base()):
-    is_simple = True
+class VQTokenLlavaNext(VideoLmms):
+    plugin_name = "vqtoken_llava_next"
 
     def __init__(
         self,
@@ -94,20 +93,6 @@ class VQTokenLlavaNext(_lmms_base()):
         self.stats_file = stats_file or os.environ.get("LLAVA_VQTOKEN_STATS")
         self.spec = CompressorConfig.from_dict(overwrite["video_compressor"])
 
-    @property
-    def rank(self) -> int:
-        return self._rank
-
-    @property
-    def world_size(self) -> int:
-        return self._world_size
-
-    def loglikelihood(self, requests):
-        raise NotImplementedError("vqtoken_llava_next: loglikelihood is not supported; use generate_until tasks")
-
-    def generate_until_multi_round(self, requests):
-        raise NotImplementedError("vqtoken_llava_next: multi-round generation is not supported")
-
     def _prompt(self, context: str) -> str:
         from llava.constants import DEFAULT_IMAGE_TOKEN
         from llava.conversation import conv_templates
@@ -149,13 +134,5 @@ class VQTokenLlavaNext(_lmms_base()):
                     text = text.split(stop)[0]
             out.append(text)
             tokens = int(self.model.get_model().last_video_tokens) + 1  # + image_newline (one_token mode)
-            self._log(task, doc_id, tokens, time.perf_counter() - t0)
+            self.log_stats(task, doc_id, tokens, time.perf_counter() - t0, self.frames, self.spec)
         return out
-
-    def _log(self, task: str, doc_id: int, tokens: int, seconds: float) -> None:
-        if not self.stats_file:
-            return
-        rec = {"task": task, "doc_id": doc_id, "visual_tokens": tokens, "seconds": seconds, "frames": self.frames,
-               "compressor": self.spec.to_dict()}
-        with open(self.stats_file, "a") as f:
-            f.write(json.dumps(rec) + "\n")

@@ -71,8 +71,39 @@ def _lmms_base():
     return lmms
 
 
-class VQTokenHF(_lmms_base()):
+class VideoLmms(_lmms_base()):
+    """What both hosts' lmms-eval models share: rank properties, unsupported request types, and the
+    per-sample stats (visual tokens, seconds) that eval.sh's report reads."""
+
     is_simple = True
+    plugin_name = "vqtoken"
+    stats_file: str | None = None
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError(f"{self.plugin_name}: loglikelihood is not supported; use generate_until tasks")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError(f"{self.plugin_name}: multi-round generation is not supported")
+
+    def log_stats(self, task: str, doc_id: int, tokens: int, seconds: float, frames: int, spec: CompressorConfig):
+        if not self.stats_file:
+            return
+        rec = {"task": task, "doc_id": doc_id, "visual_tokens": int(tokens), "seconds": seconds, "frames": frames,
+               "compressor": spec.to_dict()}
+        with open(self.stats_file, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+class VQTokenHF(VideoLmms):
+    plugin_name = "vqtoken_hf"
 
     def __init__(
         self,
@@ -127,21 +158,6 @@ class VQTokenHF(_lmms_base()):
         self.stats_file = stats_file or os.environ.get("LLAVA_VQTOKEN_STATS")
         self.spec = self.model.config.compressor
 
-    # ---------------------------------------------------------------- lmms API
-    @property
-    def rank(self) -> int:
-        return self._rank
-
-    @property
-    def world_size(self) -> int:
-        return self._world_size
-
-    def loglikelihood(self, requests):
-        raise NotImplementedError("vqtoken_hf: loglikelihood is not supported; use generate_until tasks")
-
-    def generate_until_multi_round(self, requests):
-        raise NotImplementedError("vqtoken_hf: multi-round generation is not supported")
-
     def generate_until(self, requests) -> list[str]:
         from tqdm import tqdm
 
@@ -183,14 +199,5 @@ class VQTokenHF(_lmms_base()):
                     if stop:
                         text = text.split(stop)[0]
                 out.append(text)
-                self._log_stats(req, n, secs)
+                self.log_stats(req.args[4], req.args[3], n, secs, self.frames, self.spec)
         return out
-
-    def _log_stats(self, req, tokens: int, seconds: float) -> None:
-        if not self.stats_file:
-            return
-        _, _, _, doc_id, task, _ = req.args
-        rec = {"task": task, "doc_id": doc_id, "visual_tokens": int(tokens), "seconds": seconds,
-               "frames": self.frames, "compressor": self.spec.to_dict()}
-        with open(self.stats_file, "a") as f:
-            f.write(json.dumps(rec) + "\n")

@@ -27,34 +27,15 @@ def _rank_check_class():
         memory, written to <output_dir>/vqtoken_ranks.json by rank 0."""
 
         def on_train_end(self, args, state, control, model=None, **kw):
-            import torch
-            import torch.distributed as dist
+            from ..train.ranks import rank_report
 
-            params = compressor_parameters(model)
-            try:
-                import deepspeed
-
-                zero3 = any(hasattr(p, "ds_id") for p in params)
-                ctx = deepspeed.zero.GatheredParameters(params) if zero3 else None
-            except ImportError:
-                ctx = None
-            if ctx is not None:
-                with ctx:
-                    checksum = float(sum(p.detach().double().sum() for p in params))
-            else:
-                checksum = float(sum(p.detach().double().sum() for p in params))
-            mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-            mine = {"checksum": checksum, "peak_mem_gb": mem}
-            everyone = [mine]
-            if dist.is_available() and dist.is_initialized():
-                everyone = [None] * dist.get_world_size()
-                dist.all_gather_object(everyone, mine)
-            same = len({round(e["checksum"], 9) for e in everyone}) == 1
+            out = rank_report(compressor_parameters(model))
             if state.is_world_process_zero:
                 Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-                out = {"per_rank": everyone, "compressor_identical": same, "log_history": state.log_history}
+                out["log_history"] = state.log_history
                 (Path(args.output_dir) / "vqtoken_ranks.json").write_text(json.dumps(out, indent=1))
-                print(f"[llava-vqtoken] compressor parameters identical across {len(everyone)} rank(s): {same}")
+                print(f"[llava-vqtoken] compressor parameters identical across {len(out['per_rank'])} rank(s): "
+                      f"{out['compressor_identical']}")
 
     return RankCheck
 

@@ -246,32 +246,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def rank_report(trainer) -> dict[str, Any]:
-    """Per-rank peak memory and a checksum of the compressor's parameters (gathered under ZeRO-3):
-    after data-parallel updates they must be identical on every rank."""
-    import torch.distributed as dist
+    """Per-rank peak memory and compressor checksum (see :mod:`.ranks`), logged."""
+    from .ranks import rank_report as report
 
-    params = [p for n, p in trainer.model.named_parameters() if "video_compressor" in n]
-    try:
-        import deepspeed
-
-        ctx = deepspeed.zero.GatheredParameters(params) if any(hasattr(p, "ds_id") for p in params) else None
-    except ImportError:  # pragma: no cover
-        ctx = None
-    if ctx is not None:
-        with ctx:
-            checksum = float(sum(p.detach().double().sum() for p in params))
-    else:
-        checksum = float(sum(p.detach().double().sum() for p in params))
-    mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    mine = {"checksum": checksum, "peak_mem_gb": mem}
-    if dist.is_available() and dist.is_initialized():
-        everyone: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, mine)
-    else:
-        everyone = [mine]
-    identical = len({round(e["checksum"], 9) for e in everyone}) == 1
-    log.info("compressor parameters identical across %d rank(s): %s", len(everyone), identical)
-    return {"per_rank": everyone, "compressor_identical": identical}
+    out = report([p for n, p in trainer.model.named_parameters() if "video_compressor" in n])
+    log.info("compressor parameters identical across %d rank(s): %s", len(out["per_rank"]),
+             out["compressor_identical"])
+    return out
 
 
 def reload_and_generate(final: Path, dataset) -> None:

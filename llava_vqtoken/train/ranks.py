@@ -1,0 +1,34 @@
+"""Data-parallel sanity check shared by both hosts' trainers: after updates, the compressor's
+parameters must be identical on every rank."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def rank_report(params: list[torch.nn.Parameter]) -> dict[str, Any]:
+    """Checksum of ``params`` (gathered first under ZeRO-3) and peak GPU memory, from every rank."""
+    import torch.distributed as dist
+
+    ctx = None
+    try:
+        import deepspeed
+
+        if any(hasattr(p, "ds_id") for p in params):
+            ctx = deepspeed.zero.GatheredParameters(params)
+    except ImportError:  # pragma: no cover
+        pass
+    if ctx is not None:
+        with ctx:
+            checksum = float(sum(p.detach().double().sum() for p in params))
+    else:
+        checksum = float(sum(p.detach().double().sum() for p in params))
+    mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    everyone: list[Any] = [{"checksum": checksum, "peak_mem_gb": mem}]
+    if dist.is_available() and dist.is_initialized():
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, {"checksum": checksum, "peak_mem_gb": mem})
+    identical = len({round(e["checksum"], 9) for e in everyone}) == 1
+    return {"per_rank": everyone, "compressor_identical": identical}
