@@ -121,7 +121,9 @@ def run_one(spec, train, test, args, seed, device) -> dict[str, Any]:
         model.train()
         acc = {t: 100 * statistics.mean(v) for t, v in correct.items() if v}
         acc["all"] = statistics.mean(acc[t] for t in TYPES if t in acc)
-        results["by_steps"][budget] = {"accuracy": acc, "last_loss": float(loss.detach()), "seconds": time.perf_counter() - t0}
+        results["by_steps"][budget] = {
+            "accuracy": acc, "last_loss": float(loss.detach()), "seconds": time.perf_counter() - t0,
+        }
     results["visual_tokens"] = int(model.model.last_video_tokens[0]) if model.model.last_video_tokens else None
     return results
 
