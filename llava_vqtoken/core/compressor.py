@@ -82,34 +82,44 @@ def expected_tokens(cfg: CompressorConfig, frames: int, height: int, width: int)
     return cfg.num_tokens
 
 
-def check_features(features: torch.Tensor) -> None:
+def check_features(features: torch.Tensor, finite: bool = True) -> None:
+    """Shape checks, and (``finite``) a NaN/Inf check, which costs a host sync on CUDA."""
     if features.dim() != 5:
         raise CompressionError(f"video features must be [B, T, H, W, D], got shape {tuple(features.shape)}")
     if 0 in features.shape:
         raise CompressionError(f"video features are empty: shape {tuple(features.shape)} (zero frames?)")
-    if not torch.isfinite(features).all():
+    if finite and not torch.isfinite(features).all():
         raise CompressionError("video features contain NaN or Inf; check the vision tower's dtype and input frames")
 
 
 class VideoCompressor(nn.Module):
-    """Base class: subclasses implement ``compress(features) -> list[CompressedVideo]``."""
+    """Base class: subclasses implement ``compress(features, defer_checks) -> list[CompressedVideo]``."""
 
     def __init__(self, config: CompressorConfig, hidden_size: int) -> None:
         super().__init__()
         self.config = config
         self.hidden_size = hidden_size
 
+    #: True when ``compress`` checks finiteness itself, inside its computation (no up-front host sync)
+    folds_finite_check = False
+
     def forward(self, features: torch.Tensor, defer_checks: bool = False) -> list[CompressedVideo]:
-        """Compress [B, T, H, W, D] features into one CompressedVideo per video. Baselines check their
-        input up front; ``defer_checks`` exists for interface parity with VQToken."""
-        check_features(features)
+        """Compress [B, T, H, W, D] features into one CompressedVideo per video.
+
+        With ``defer_checks``, a compressor that folds the NaN/Inf check into its computation never
+        waits for the GPU: the check is left to ``CompressedVideo.verify()`` (hosts call it at their
+        next sync), so the CPU keeps queueing the LLM's kernels while the GPU works.
+        """
+        check_features(features, finite=not self.folds_finite_check)
         if features.shape[-1] != self.hidden_size:
             raise CompressionError(
                 f"features have width {features.shape[-1]} but the compressor was built for {self.hidden_size}"
             )
-        return self.compress(features)
+        return self.compress(features, defer_checks)
 
-    def compress(self, features: torch.Tensor) -> list[CompressedVideo]:  # pragma: no cover - abstract
+    def compress(  # pragma: no cover - abstract
+        self, features: torch.Tensor, defer_checks: bool = False
+    ) -> list[CompressedVideo]:
         raise NotImplementedError
 
     def expected_tokens(self, frames: int, height: int, width: int) -> int | None:
@@ -143,22 +153,12 @@ class VQTokenCompressor(VideoCompressor):
         g.manual_seed(self.config.seed + offset)
         return g
 
-    def forward(self, features: torch.Tensor, defer_checks: bool = False) -> list[CompressedVideo]:
-        """Compress [B, T, H, W, D] features. Fixed K never waits for the GPU when ``defer_checks``
-        is set: the NaN/Inf check is then left to ``CompressedVideo.verify()`` (hosts call it at
-        their next sync), so the CPU keeps queueing the LLM's kernels while the GPU works."""
-        self._defer = defer_checks
-        # fixed K: the finiteness check is folded into the computation (one sync at the end, not one
-        # up front); adaptive K syncs anyway, so it checks first
-        if features.dim() != 5 or 0 in features.shape or self.config.adaptive is not None:
-            check_features(features)
-        if features.shape[-1] != self.hidden_size:
-            raise CompressionError(
-                f"features have width {features.shape[-1]} but the compressor was built for {self.hidden_size}"
-            )
-        return self.compress(features)
+    @property
+    def folds_finite_check(self) -> bool:  # type: ignore[override]
+        # fixed K: one sync at the end (or none, deferred); adaptive K syncs anyway, so it checks first
+        return self.config.adaptive is None
 
-    def compress(self, features: torch.Tensor) -> list[CompressedVideo]:
+    def compress(self, features: torch.Tensor, defer_checks: bool = False) -> list[CompressedVideo]:
         cfg = self.config
         b, t, h, w, d = features.shape
         n = t * h * w
@@ -210,7 +210,7 @@ class VQTokenCompressor(VideoCompressor):
                     num_codes=ks[i], stats=stats,
                 )
             )
-        if not getattr(self, "_defer", False):
+        if not defer_checks:
             videos[0].verify()  # the one host sync of a fixed-K call
         return videos
 
@@ -239,7 +239,7 @@ class VQTokenCompressor(VideoCompressor):
 class BaselineCompressor(VideoCompressor):
     """Pooling, sampling, pruning and merging baselines under the same total budget."""
 
-    def compress(self, features: torch.Tensor) -> list[CompressedVideo]:
+    def compress(self, features: torch.Tensor, defer_checks: bool = False) -> list[CompressedVideo]:
         cfg = self.config
         b, t, h, w, d = features.shape
         n = t * h * w

@@ -86,18 +86,6 @@ def gram_seed_step(min_d2: torch.Tensor, race: torch.Tensor, gram: torch.Tensor)
     return new_min[rows, best], cand[rows, best]
 
 
-_COMPILED_SEED = None
-
-
-def _seed_step_fn(compiled: bool):
-    global _COMPILED_SEED
-    if not compiled:
-        return gram_seed_step
-    if _COMPILED_SEED is None:
-        _COMPILED_SEED = torch.compile(gram_seed_step, dynamic=False, fullgraph=True)
-    return _COMPILED_SEED
-
-
 def seed_centres(
     xn: torch.Tensor, k: int, noise: SeedNoise, m: int, compiled: bool = False, use_gram: bool | None = None
 ) -> torch.Tensor:
@@ -131,7 +119,7 @@ def seed_centres(
     picked[:, 0] = (noise.first * m).long().clamp_max(m - 1)
     min_d2 = dist2(picked[:, :1])[:, 0]
     if gram is not None:
-        step = _seed_step_fn(compiled)
+        step = compiled_fn(gram_seed_step, compiled)
         for j in range(1, k):
             min_d2, picked[:, j] = step(min_d2, noise.race[:, j - 1], gram)
         return pool.gather(1, picked.unsqueeze(-1).expand(-1, -1, d)).float()
@@ -205,22 +193,22 @@ def lloyd_step(
     return centroids, done | (shift < tol)
 
 
-_COMPILED_STEP = None
+_COMPILED: dict = {}
 
 
-def _step_fn(compiled: bool):
-    global _COMPILED_STEP
+def compiled_fn(fn, compiled: bool):
+    """``fn`` itself, or its ``torch.compile``d version (built once per function)."""
     if not compiled:
-        return lloyd_step
-    if _COMPILED_STEP is None:
+        return fn
+    if fn not in _COMPILED:
         import torch._dynamo
 
         # one specialisation per (shape, re-seed, mask) combination: allow more than dynamo's default 8
         cfg = torch._dynamo.config
         name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
         setattr(cfg, name, max(getattr(cfg, name), 64))
-        _COMPILED_STEP = torch.compile(lloyd_step, dynamic=False, fullgraph=True)
-    return _COMPILED_STEP
+        _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
+    return _COMPILED[fn]
 
 
 def lloyd(
@@ -244,7 +232,7 @@ def lloyd(
     masked = active is not None
     if active is None:
         active = torch.ones(b, k, dtype=torch.bool, device=xn.device)
-    step = _step_fn(compiled)
+    step = compiled_fn(lloyd_step, compiled)
     for i in range(iters):
         centroids, done = step(xn, centroids, done, active, masked, tol, i % reseed_every == 1 or iters == 1)
     labels, best = assign(xn, centroids, active if masked else None)

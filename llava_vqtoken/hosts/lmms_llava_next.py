@@ -60,8 +60,6 @@ class VQTokenLlavaNext(VideoLmms):
                 "vqtoken_llava_next needs LLaVA-NeXT (package 'llava'); see README 'LLaVA-NeXT plugin', "
                 "or use --model vqtoken_hf"
             )
-        from accelerate import Accelerator
-
         from ..llava_next import install
 
         install()
@@ -71,16 +69,9 @@ class VQTokenLlavaNext(VideoLmms):
         self.frames = int(rest.pop("max_frames_num", 32))
         if rest:
             raise ValueError(f"vqtoken_llava_next: unknown model_args: {', '.join(sorted(rest))}")
-        acc = Accelerator()
-        self._rank, self._world_size = acc.local_process_index, acc.num_processes
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            device = "cpu"
-        if device.startswith("cuda") and acc.num_processes > 1:
-            torch.cuda.set_device(acc.local_process_index)
-            device = f"cuda:{acc.local_process_index}"
-        self._device = torch.device(device)
+        self._device = self._setup_device(device)
         # device_map="auto" keeps the builder from forcing the vision tower to cuda fp16
-        device_map = "auto" if self._device.type == "cpu" or acc.num_processes == 1 else device
+        device_map = "auto" if self._device.type == "cpu" or self._world_size == 1 else str(self._device)
         self.tokenizer, self.model, self.image_processor, _ = load_pretrained_model(
             pretrained, None, model_name, device_map=device_map, torch_dtype=dtype,
             attn_implementation=attn_implementation, overwrite_config=overwrite,

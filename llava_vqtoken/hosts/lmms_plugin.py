@@ -79,6 +79,20 @@ class VideoLmms(_lmms_base()):
     plugin_name = "vqtoken"
     stats_file: str | None = None
 
+    def _setup_device(self, device: str) -> torch.device:
+        """Data parallelism through accelerate: this process's rank, world size and device (CPU when
+        CUDA is asked for but absent; one GPU per process when several run)."""
+        from accelerate import Accelerator
+
+        acc = Accelerator()
+        self._rank, self._world_size = acc.local_process_index, acc.num_processes
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"
+        if device.startswith("cuda") and acc.num_processes > 1:
+            torch.cuda.set_device(acc.local_process_index)
+            device = f"cuda:{acc.local_process_index}"
+        return torch.device(device)
+
     @property
     def rank(self) -> int:
         return self._rank
@@ -118,7 +132,6 @@ class VQTokenHF(VideoLmms):
         **model_args: Any,
     ) -> None:
         super().__init__()
-        from accelerate import Accelerator
         from transformers import AutoProcessor
 
         from .hf import VQTokenLlavaOnevisionForConditionalGeneration, VQTokenLlavaOnevisionProcessor
@@ -130,11 +143,7 @@ class VQTokenHF(VideoLmms):
         rest.pop("model_name", None)
         if rest:
             raise ConfigError(f"vqtoken_hf: unknown model_args: {', '.join(sorted(rest))}")
-        acc = Accelerator()
-        self._rank, self._world_size = acc.local_process_index, acc.num_processes
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            device = "cpu"
-        self._device = torch.device(f"cuda:{acc.local_process_index}" if acc.num_processes > 1 else device)
+        self._device = self._setup_device(device)
         torch_dtype = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16,
                        "float32": torch.float32}[dtype]
         if torch_dtype is None:
