@@ -9,6 +9,7 @@ silently ignores every per-module learning rate.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from dataclasses import dataclass, field
@@ -123,6 +124,24 @@ def patch_training() -> None:
     _PATCHED = True
 
 
+def check_video_reader(data_path: str) -> None:
+    """LLaVA-NeXT reads videos with decord, which ``llava/utils.py`` imports in one ``try`` together with
+    ``av``: without either, every video fails, the dataset silently skips it, and training later dies
+    with an IndexError far from the cause. Fail at launch instead, naming the missing package."""
+    import llava.utils as lu
+
+    if hasattr(lu, "VideoReader"):
+        return
+    paths = [p for p in data_path.split(",") if p.endswith(".json") and Path(p).exists()]
+    videos = [r["video"] for p in paths for r in json.loads(Path(p).read_text()) if "video" in r]
+    if any("shareVideoGPTV" not in v for v in videos):  # those are frame folders, read with PIL
+        missing = [m for m in ("av", "decord") if importlib.util.find_spec(m) is None]
+        raise SystemExit(
+            f"llava-vqtoken: LLaVA-NeXT cannot read videos: llava/utils.py imports av and decord together and "
+            f"{' and '.join(missing) or 'one of them'} failed to import (pip install av decord)"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     patch_training()
     import llava.train.train as tr
@@ -137,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"llava-vqtoken: {ds} has an 'optimizer' block, with which DeepSpeed ignores per-module learning "
                 "rates (mm_projector_lr, mm_vision_tower_lr, video_compressor_lr); use configs/deepspeed/zero2.json"
             )
+    if "--data_path" in args:
+        check_video_reader(args[args.index("--data_path") + 1])
     attn = "sdpa"
     if "--attn_implementation" in args:
         attn = args[args.index("--attn_implementation") + 1]

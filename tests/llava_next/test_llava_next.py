@@ -197,3 +197,18 @@ def test_stock_checkpoint_with_spec_gets_finite_small_compressor_weights(install
     _, model, _, _ = load(path, overwrite_config={"video_compressor": SPEC})
     for name, p in model.get_model().video_compressor.named_parameters():
         assert torch.isfinite(p.float()).all() and p.float().abs().max() < 10, name
+
+
+def test_launcher_names_a_missing_video_reader_instead_of_training_without_frames(monkeypatch, tmp_path):
+    import llava.utils
+
+    from llava_vqtoken.llava_next.train import check_video_reader
+
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"video": "a.mp4", "conversations": []}]))
+    check_video_reader(str(data))  # both readers present in this environment: nothing to say
+    monkeypatch.delattr(llava.utils, "VideoReader")
+    with pytest.raises(SystemExit, match="cannot read videos"):
+        check_video_reader(str(data))
+    data.write_text(json.dumps([{"video": "shareVideoGPTV/a", "conversations": []}]))
+    check_video_reader(str(data))  # frame folders are read with PIL
