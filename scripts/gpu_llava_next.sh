@@ -47,12 +47,14 @@ for stage in ${STAGES:-zero2 zero3}; do
       --image_aspect_ratio anyres_max_9 --image_grid_pinpoints "[[384, 384], [384, 768]]" --frames_upbound 8 \
       --mm_tunable_parts mm_mlp_adapter,video_compressor,mm_language_model --video_compressor '{"num_tokens": 32}' \
       --video_compressor_lr 1e-3 --mm_projector_lr 1e-3 --learning_rate 1e-4 --output_dir /tmp/ln-$stage-$n \
-      --max_steps 30 --per_device_train_batch_size 2 --gradient_accumulation_steps 1 --save_strategy no \
+      --max_steps ${STEPS:-60} --per_device_train_batch_size 2 --gradient_accumulation_steps 1 --save_strategy no \
       --logging_steps 5 --report_to none --model_max_length 4096 --dataloader_num_workers 2 --lazy_preprocess True \
       --attn_implementation sdpa --bf16 True --deepspeed configs/deepspeed/$stage.json > "$OUT/ln-$stage-$n.txt" 2>&1
     echo "rc=$?"
     grep -E "'loss'|train_runtime|identical|Error" "$OUT/ln-$stage-$n.txt" | tail -8
     cp /tmp/ln-$stage-$n/vqtoken_ranks.json "$OUT/ln-ranks-$stage-$n.json" 2>/dev/null
+    python3 -c "import json; d = json.load(open('/tmp/ln-$stage-$n/vqtoken_ranks.json')); \
+print('steady samples/s', d['steady_samples_per_second'], 'peak GB', [r['peak_mem_gb'] for r in d['per_rank']])"
   done
 done
 echo "=== reload the ZeRO-3 / 2-GPU checkpoint for inference"

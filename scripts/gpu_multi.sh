@@ -25,5 +25,7 @@ for stage in ${STAGES:-zero2 zero3}; do
     echo "rc=$?"
     grep -E "losses|identical|reloaded|optimizer groups|Error|error" "$OUT/log-$stage-$n.txt" | grep -v "skipping" | tail -6
     cp /tmp/run-$stage-$n/train_summary.json "$OUT/summary-$stage-$n.json" 2>/dev/null
+    python3 -c "import json; d = json.load(open('/tmp/run-$stage-$n/train_summary.json')); \
+print('steady samples/s', d['steady_samples_per_second'], 'peak GB', [r['peak_mem_gb'] for r in d['ranks']['per_rank']])"
   done
 done

@@ -4,9 +4,13 @@
 know): the compressor is built from ``config.video_compressor`` both at model construction
 (``LlavaMetaModel.__init__``, so ``load_pretrained_model`` restores it) and in
 ``initialize_vision_modules`` (training from a stock checkpoint), and it replaces ``get_2dPool`` for
-video samples only; images keep their path. With the released checkpoint's spec
-(``CompressorConfig.released()``) the attention module is registered as ``model.cross_attention``,
-the authors' layout. Written against LLaVA-NeXT b42941c / df17966 with transformers 4.45.2.
+video samples only; images keep their path. In training, every forward calls the compressor exactly
+once, right after the vision tower and projector, on all of the batch's videos together (or, for a
+batch without video, on one image crop with weight 0): under ZeRO-3 every rank must gather the same
+parameters in the same order, and a per-video call count that differs between ranks hangs them.
+With the released checkpoint's spec (``CompressorConfig.released()``) the attention module is
+registered as ``model.cross_attention``, the authors' layout. Written against LLaVA-NeXT b42941c /
+df17966 with transformers 4.45.2.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ KNOWN = {
     "LlavaMetaModel.__init__": ["self", "config"],
     "LlavaMetaModel.initialize_vision_modules": ["self", "model_args", "fsdp"],
     "LlavaMetaForCausalLM.get_2dPool": ["self", "image_feature", "stride"],
+    "LlavaMetaForCausalLM.encode_images": ["self", "images"],
+    "LlavaMetaForCausalLM.prepare_inputs_labels_for_multimodal": [
+        "self", "input_ids", "position_ids", "attention_mask", "past_key_values", "labels", "images", "modalities",
+        "image_sizes",
+    ],
 }
 _ORIGINAL: dict[str, Any] = {}
 
@@ -86,7 +95,8 @@ def install() -> None:
 
     _check(arch)
     meta, causal = arch.LlavaMetaModel, arch.LlavaMetaForCausalLM
-    _ORIGINAL.update(init=meta.__init__, init_vision=meta.initialize_vision_modules, pool=causal.get_2dPool)
+    _ORIGINAL.update(init=meta.__init__, init_vision=meta.initialize_vision_modules, pool=causal.get_2dPool,
+                     encode=causal.encode_images, prepare=causal.prepare_inputs_labels_for_multimodal)
 
     def __init__(self, config):
         _ORIGINAL["init"](self, config)
@@ -104,15 +114,82 @@ def install() -> None:
         comp = getattr(self.get_model(), "video_compressor", None)
         if comp is None:
             return _ORIGINAL["pool"](self, image_feature, stride)
+        step = getattr(self, "_vq_step", None)
+        if step is not None and step["done"]:
+            return step["done"].pop(0)  # compressed already, with the rest of the batch (training)
         t, n, d = image_feature.shape
         side = self.get_vision_tower().num_patches_per_side
         video = comp(image_feature.reshape(1, t, side, side, d))[0]
         self.get_model().last_video_tokens = video.num_tokens
         return video.tokens.unsqueeze(0)  # one pseudo-frame: LLaVA-NeXT's newline code adds image_newline
 
+    def encode_images(self, images):
+        feats = _ORIGINAL["encode"](self, images)
+        step = getattr(self, "_vq_step", None)
+        if step is not None:
+            _compress_batch(self, feats, step)
+        return feats
+
+    def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
+                                             images, modalities=["image"], image_sizes=None):  # noqa: B006 - upstream's
+        args = (input_ids, position_ids, attention_mask, past_key_values, labels, images, modalities, image_sizes)
+        comp = getattr(self.get_model(), "video_compressor", None)
+        if comp is None or not self.training or images is None or input_ids.shape[1] == 1:
+            return _ORIGINAL["prepare"](self, *args)
+        mods = [modalities] if isinstance(modalities, str) else list(modalities)
+        if isinstance(images, list):
+            sizes = [x.shape[0] if x.ndim == 4 else 1 for x in images]
+        else:
+            sizes = [images.shape[1]] * images.shape[0] if images.ndim == 5 else [1] * images.shape[0]
+        self._vq_step = {"sizes": sizes, "videos": [i for i, m in enumerate(mods) if m == "video"], "done": [],
+                         "zero": None}
+        try:
+            out = list(_ORIGINAL["prepare"](self, *args))
+            zero = self._vq_step["zero"]
+        finally:
+            self._vq_step = None
+        if zero is not None and out[4] is not None:
+            out[4] = out[4] + zero.to(out[4].dtype)
+        return tuple(out)
+
     meta.__init__ = __init__
     meta.initialize_vision_modules = initialize_vision_modules
     causal.get_2dPool = get_2dPool
+    causal.encode_images = encode_images
+    causal.prepare_inputs_labels_for_multimodal = prepare_inputs_labels_for_multimodal
+
+
+def _compress_batch(model, feats: torch.Tensor, step: dict) -> None:
+    """One compressor call for the whole training batch, right after the projector (see the module doc)."""
+    comp = model.get_model().video_compressor
+    side = model.get_vision_tower().num_patches_per_side
+    d = feats.shape[-1]
+    parts = torch.split(feats, step["sizes"])
+    videos = [parts[i] for i in step["videos"] if i < len(parts)]
+    if not videos:  # no video in this batch: run the compressor on one crop, weight 0
+        out = comp(feats[:1].reshape(1, 1, side, side, d))
+        step["zero"] = 0.0 * out[0].tokens.float().sum()
+        return
+    frames = {v.shape[0] for v in videos}
+    if len(frames) == 1:
+        out = comp(torch.stack(videos).reshape(len(videos), frames.pop(), side, side, d))
+    else:  # different frame counts cannot share one call; ranks may then disagree on the count (ZeRO-3)
+        _warn_once("llava-vqtoken: videos with different frame counts in one batch are compressed one call each; "
+                   "under ZeRO-3 use a fixed frame count (--frames_upbound with --force_sample True)")
+        out = [comp(v.reshape(1, v.shape[0], side, side, d))[0] for v in videos]
+    model.get_model().last_video_tokens = out[-1].num_tokens
+    step["done"] = [v.tokens.unsqueeze(0) for v in out]
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    import warnings
+
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        warnings.warn(msg, stacklevel=3)
 
 
 def uninstall() -> None:
@@ -123,6 +200,8 @@ def uninstall() -> None:
     arch.LlavaMetaModel.__init__ = _ORIGINAL["init"]
     arch.LlavaMetaModel.initialize_vision_modules = _ORIGINAL["init_vision"]
     arch.LlavaMetaForCausalLM.get_2dPool = _ORIGINAL["pool"]
+    arch.LlavaMetaForCausalLM.encode_images = _ORIGINAL["encode"]
+    arch.LlavaMetaForCausalLM.prepare_inputs_labels_for_multimodal = _ORIGINAL["prepare"]
     _ORIGINAL.clear()
 
 

@@ -44,18 +44,25 @@ def _siglip_id(layers: int) -> str:
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """Byte-level like Qwen2's: no unknown token. (With one, LLaVA-NeXT's ``preprocess_qwen`` looks up
+    ``<image>`` in a tokenizer that lacks it, gets the unknown id, and turns every unknown word of a
+    text-only sample into an image placeholder.) Common words are whole tokens, the rest is bytes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = ("what which where does the a square red green moves move left right up down direction answer is "
              "video frame user assistant system you are helpful").split()
-    vocab = {w: i for i, w in enumerate(["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "\n", ".", "?",
-                                          *words])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit()])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<|endoftext|>",
-                                   eos_token="<|im_end|>",
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    symbols = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *sorted(alphabet)]
+    nl = symbols.index("\u010a")  # byte-level "\n" gets Qwen2's id 198, which preprocess_qwen hard-codes
+    symbols[198], symbols[nl] = symbols[nl], symbols[198]
+    vocab = {w: i for i, w in enumerate(symbols)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",
                                    additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.add_tokens(words)
     return fast
 
 

@@ -25,7 +25,15 @@ def _rank_check_class():
 
     class RankCheck(TrainerCallback):
         """At the end of training: compressor checksum on every rank (gathered under ZeRO-3), peak
-        memory, written to <output_dir>/vqtoken_ranks.json by rank 0."""
+        memory and steady-state samples/s, written to <output_dir>/vqtoken_ranks.json by rank 0."""
+
+        def __init__(self) -> None:
+            from ..train.ranks import step_timer
+
+            self.timer = step_timer()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.timer.on_step_end(args, state, control, **kw)
 
         def on_train_end(self, args, state, control, model=None, **kw):
             from ..train.ranks import rank_report
@@ -34,6 +42,7 @@ def _rank_check_class():
             if state.is_world_process_zero:
                 Path(args.output_dir).mkdir(parents=True, exist_ok=True)
                 out["log_history"] = state.log_history
+                out["steady_samples_per_second"] = self.timer.steady(args)
                 (Path(args.output_dir) / "vqtoken_ranks.json").write_text(json.dumps(out, indent=1))
                 print(f"[llava-vqtoken] compressor parameters identical across {len(out['per_rank'])} rank(s): "
                       f"{out['compressor_identical']}")

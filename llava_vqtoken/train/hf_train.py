@@ -214,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.stop_after_steps and state.global_step >= args.stop_after_steps:
                 raise KeyboardInterrupt(f"stopped after {state.global_step} steps (--stop-after-steps)")
 
+    from .ranks import step_timer
+
+    timer = step_timer()
     trainer = trainer_cls(
-        model=model, args=targs, train_dataset=dataset, callbacks=[Record()],
+        model=model, args=targs, train_dataset=dataset, callbacks=[Record(), timer],
         data_collator=partial(collate, pad_id=proc.tokenizer.pad_token_id),
     )
     resume = None if args.no_resume else last_checkpoint(args.output_dir)
@@ -237,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = {"losses": losses, "skipped_videos": sorted(dataset.skipped), "final": str(final),
                    "param_groups": groups_seen, "resumed_from": resume, "ranks": ranks,
                    "train_samples_per_second": train_metrics.get("train_samples_per_second"),
+                   "steady_samples_per_second": timer.steady(targs),
                    "world_size": targs.world_size}
         (Path(args.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1))
         log.info("losses: %s", " ".join(f"{x:.3f}" for x in losses))

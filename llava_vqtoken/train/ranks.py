@@ -32,3 +32,29 @@ def rank_report(params: list[torch.nn.Parameter]) -> dict[str, Any]:
         dist.all_gather_object(everyone, {"checksum": checksum, "peak_mem_gb": mem})
     identical = len({round(e["checksum"], 9) for e in everyone}) == 1
     return {"per_rank": everyone, "compressor_identical": identical}
+
+
+def step_timer(skip: int = 5):
+    """A ``TrainerCallback`` that times every optimizer step, so throughput can leave out the first
+    ``skip`` steps (compilation, allocator and NCCL warm-up). ``.steady(args)`` gives samples/s."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_end(self, args, state, control, **kw):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+
+        def steady(self, args) -> float | None:
+            t = self.times[skip:]
+            if len(t) < 2:
+                return None
+            per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+            return (len(t) - 1) * per_step / (t[-1] - t[0])
+
+    return StepTimer()

@@ -212,3 +212,46 @@ def test_launcher_names_a_missing_video_reader_instead_of_training_without_frame
         check_video_reader(str(data))
     data.write_text(json.dumps([{"video": "shareVideoGPTV/a", "conversations": []}]))
     check_video_reader(str(data))  # frame folders are read with PIL
+
+
+def test_text_only_samples_get_no_image_placeholders_from_the_tiny_tokenizer():
+    # Qwen2's tokenizer has no unknown token; with one, preprocess_qwen maps unknown words to images
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.train.train import preprocess_qwen
+
+    from llava_vqtoken.llava_next.tiny import _tokenizer
+
+    turns = [[{"from": "human", "value": "what is a square? zebra"}, {"from": "gpt", "value": "a shape"}]]
+    assert (preprocess_qwen(turns, _tokenizer(), has_image=False)["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 0
+    turns[0][0]["value"] = "<image>\n" + turns[0][0]["value"]
+    assert (preprocess_qwen(turns, _tokenizer(), has_image=True)["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 1
+
+
+@pytest.mark.parametrize("mods", [["video", "text", "video"], ["text", "image"]])
+def test_training_forward_calls_the_compressor_exactly_once_and_grads_reach_it(tiny_vq, mods):
+    # ZeRO-3 ranks must gather the same parameters in the same order: one call per forward, whatever the batch
+    tok, model, proc, _ = load(tiny_vq)
+    ids, video = video_inputs(tok, proc)
+    text_ids = tok("<|im_start|>user\nwhat is a square ?<|im_end|>\n", return_tensors="pt").input_ids
+    blank = torch.zeros(1, *video.shape[1:], dtype=video.dtype)
+    rows = [ids[0] if m != "text" else text_ids[0] for m in mods]
+    images = [video if m == "video" else blank for m in mods]
+    width = max(len(r) for r in rows)
+    pad = tok.pad_token_id
+    input_ids = torch.stack([torch.cat([r, torch.full((width - len(r),), pad)]) for r in rows])
+    calls = []
+    comp = model.get_model().video_compressor
+    handle = comp.register_forward_hook(lambda m, i, o: calls.append(len(o)))
+    model.train()
+    try:
+        out = model(input_ids=input_ids, attention_mask=input_ids.ne(pad), labels=input_ids.clone(), images=images,
+                    modalities=mods, image_sizes=[(320, 240)] * len(mods))
+        out.loss.backward()
+    finally:
+        handle.remove()
+        model.eval()
+    assert calls == [max(1, mods.count("video"))]  # one call, holding every video of the batch
+    grads = [p.grad for p in comp.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+    if "video" not in mods:
+        assert all(float(g.abs().sum()) == 0 for g in grads)
