@@ -36,7 +36,7 @@ for r in json.loads((src / "data.json").read_text()):
 print("frame folders:", sum("video" in r for r in recs), "records:", len(recs))
 PY
 python3 -c "from llava_vqtoken.llava_next.tiny import build_tiny_llava_qwen as b; print(b('/tmp/llava-qwen-05b', preset='0.5b'))" || exit 1
-for stage in ${STAGES:-zero2 zero3}; do
+for stage in ${STAGES-zero2 zero3}; do
   for n in ${NPROCS:-1 2}; do
     echo "=== LLaVA-NeXT $stage, $n process(es)"
     timeout ${RUN_TIMEOUT:-170} torchrun --nproc_per_node "$n" --master_port $((29600 + n)) -m llava_vqtoken.llava_next.train \

@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, transformers, deepspeed; print(torch.__version__, transformers.__version__, deepspeed.__version__)"
 python3 -c "from llava_vqtoken.hosts.hf.tiny import build_tiny_llava_onevision as b; print(b(preset='0.5b'))" || exit 1
 STEPS=${STEPS:-30}
-for stage in ${STAGES:-zero2 zero3}; do
+for stage in ${STAGES-zero2 zero3}; do
   for n in ${NPROCS:-1 2}; do
     gen=--no-generate; [ "$stage" = zero3 ] && [ "$n" = 2 ] && gen=
     echo "=== $stage, $n process(es)"

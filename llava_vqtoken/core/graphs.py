@@ -42,6 +42,13 @@ def maybe_graphed(
         return fn(*args, **kwargs)
     if torch.cuda.is_current_stream_capturing():
         return fn(*args, **kwargs)
+    # streams and graphs belong to the current device, which need not be the tensors' one (a model spread
+    # over GPUs by device_map="auto"): capture and replay on the tensors' device
+    with torch.cuda.device(tensors[0].device):
+        return _graphed(key, fn, args, kwargs)
+
+
+def _graphed(key: tuple, fn: Callable[..., Any], args: Sequence[torch.Tensor | None], kwargs: dict) -> Any:
     full_key = (fn.__qualname__, key, _signature(args), tuple(sorted(kwargs.items())))
     entry = _CACHE.get(full_key)
     if entry is None:
