@@ -239,3 +239,13 @@ def test_deferred_nan_check():
     with pytest.raises(CompressionError, match="NaN or Inf"):
         out[0].verify()
     assert comp(feats(d=16), defer_checks=True)[0].verify().num_tokens == 8
+
+
+def test_batched_tome_merges_exactly_as_video_by_video():
+    from llava_vqtoken.core.baselines import tome_tokens
+
+    videos = torch.randn(3, 4, 6, 6, 16, generator=torch.Generator().manual_seed(0))
+    batched = tome_tokens(videos, 20)
+    assert batched.shape == (3, 20, 16)
+    for i in range(3):
+        torch.testing.assert_close(batched[i], tome_tokens(videos[i], 20))

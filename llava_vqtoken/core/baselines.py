@@ -101,13 +101,18 @@ def _tome_rounds(x: torch.Tensor, size: torch.Tensor, target: int) -> tuple[torc
 
 
 def tome_tokens(video: torch.Tensor, budget: int) -> torch.Tensor:
-    t, h, w, d = video.shape
-    x = video.reshape(t, h * w, d)
-    size = torch.ones(t, h * w, device=video.device)
+    """ToMe within each frame down to ceil(budget / T) tokens, then across the clip down to the budget.
+    ``video`` [T, H, W, D] -> [M, D], or a batch [B, T, H, W, D] -> [B, M, D] in one pass (the same
+    merges as video by video: every step acts on each group independently)."""
+    single = video.dim() == 4
+    v = video.unsqueeze(0) if single else video
+    b, t, h, w, d = v.shape
+    x = v.reshape(b * t, h * w, d)
+    size = torch.ones(b * t, h * w, device=video.device)
     per_frame = min(h * w, max(1, math.ceil(budget / t)))
     x, size = _tome_rounds(x, size, per_frame)
-    x, size = _tome_rounds(x.reshape(1, -1, d), size.reshape(1, -1), min(budget, x.shape[0] * x.shape[1]))
-    return x[0]
+    x, size = _tome_rounds(x.reshape(b, -1, d), size.reshape(b, -1), min(budget, t * x.shape[1]))
+    return x[0] if single else x
 
 
 def temporal_merge_tokens(video: torch.Tensor, budget: int) -> torch.Tensor:

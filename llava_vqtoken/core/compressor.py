@@ -243,12 +243,14 @@ class BaselineCompressor(VideoCompressor):
         cfg = self.config
         b, t, h, w, d = features.shape
         n = t * h * w
+        budget = cfg.num_tokens
+        if cfg.name != "none" and budget is not None and budget > n:
+            raise CompressionError(f"num_tokens={budget} exceeds the video's {n} tokens")
+        if cfg.name == "tome":  # one batched pass: Python overhead per video dominated training steps
+            return [CompressedVideo(tokens=tok, tokens_in=n) for tok in tome_tokens(features, budget)]
         out = []
         for i in range(b):
             v = features[i]
-            budget = cfg.num_tokens
-            if cfg.name != "none" and budget is not None and budget > n:
-                raise CompressionError(f"num_tokens={budget} exceeds the video's {n} tokens")
             if cfg.name == "none":
                 tok = v.reshape(n, d)
             elif cfg.name == "pool":
@@ -258,8 +260,6 @@ class BaselineCompressor(VideoCompressor):
                     tok = uniform_tokens(v, budget)
                 elif cfg.name == "prune":
                     tok = prune_tokens(v, budget)
-                elif cfg.name == "tome":
-                    tok = tome_tokens(v, budget)
                 elif cfg.name == "temporal_merge":
                     tok = temporal_merge_tokens(v, budget)
                 else:

@@ -121,6 +121,8 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None) 
     model.to(device).train()
     letters = torch.tensor([proc.tokenizer.convert_tokens_to_ids(c) for c in "ABCD"], device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    warmup = max(1, getattr(args, "warmup", 0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     gen = torch.Generator().manual_seed(seed)
     results: dict[str, Any] = {"spec": spec, "seed": seed, "by_steps": {}}
     encoded = {} if encoded is None else encoded
@@ -140,6 +142,7 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None) 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             step += 1
         model.eval()
         correct = {t: [] for t in TYPES}
@@ -224,13 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-hidden", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=50, help="steps of linear learning-rate warm-up")
+    p.add_argument("--objects", type=int, default=3, help="objects per clip (at least 2 move)")
+    p.add_argument("--option-order", choices=["shuffled", "fixed"], default="shuffled",
+                   help="fixed: a letter always names the same answer for a question type")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="runs/motionqa")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    train = make_split(a.train_size, 1000, a.frames, a.size)
-    test = make_split(a.test_size, 2000, a.frames, a.size)
+    shuffle = a.option_order == "shuffled"
+    train = make_split(a.train_size, 1000, a.frames, a.size, a.objects, shuffle)
+    test = make_split(a.test_size, 2000, a.frames, a.size, a.objects, shuffle)
     if a.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     runs = []

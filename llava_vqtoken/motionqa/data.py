@@ -69,8 +69,12 @@ def make_episode(
     return video, objs
 
 
-def make_question(rng: random.Random, objs: list[Obj], qtype: str) -> tuple[str, list[str], int]:
-    """(question, 4 options, index of the answer)."""
+def make_question(
+    rng: random.Random, objs: list[Obj], qtype: str, shuffle: bool = True
+) -> tuple[str, list[str], int]:
+    """(question, 4 options, index of the answer). Options are shuffled, or with ``shuffle=False`` in
+    a fixed order (shapes, directions and colours in their table order, counts ascending), so that a
+    letter always names the same answer for a question type."""
     if qtype == "identity":
         o = rng.choice(objs)
         opts = [o.shape] + rng.sample([s for s in SHAPES if s != o.shape], 3)
@@ -90,7 +94,11 @@ def make_question(rng: random.Random, objs: list[Obj], qtype: str) -> tuple[str,
         opts = [str(n)] + [str(k) for k in range(1, 5) if k != n][:3]
         q = "How many objects are moving?"
     answer = opts[0]
-    rng.shuffle(opts)
+    if shuffle:
+        rng.shuffle(opts)
+    else:
+        table = [*SHAPES, *DIRECTIONS, *COLORS, "1", "2", "3", "4"]
+        opts.sort(key=table.index)
     return q, opts, opts.index(answer)
 
 
@@ -99,13 +107,13 @@ def prompt_text(question: str, options: list[str]) -> str:
     return f"{question}\n{letters}\nAnswer with the option's letter."
 
 
-def make_split(n: int, seed: int, frames: int, size: int, objects: int = 3):
+def make_split(n: int, seed: int, frames: int, size: int, objects: int = 3, shuffle_options: bool = True):
     """n samples: (video, question type, prompt, answer index), question types balanced."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
         video, objs = make_episode(rng, frames, size, objects)
         qtype = TYPES[i % len(TYPES)]
-        q, opts, ans = make_question(rng, objs, qtype)
+        q, opts, ans = make_question(rng, objs, qtype, shuffle_options)
         out.append((video, qtype, prompt_text(q, opts), ans))
     return out
