@@ -31,8 +31,32 @@ def test_settings_share_one_budget():
 def test_reduced_run_on_cpu(tmp_path):
     assert main(["--compressors", "vqtoken", "pool", "--steps", "2", "4", "--seeds", "0", "--train-size", "16",
                  "--test-size", "8", "--frames", "4", "--size", "32", "--batch", "4", "--device", "cpu",
+                 "--option-order", "fixed", "--grid-objects",
                  "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "report.json").read_text())
     assert {(r["run"], r["steps"]) for r in rows} == {("vqtoken", 2), ("vqtoken", 4), ("pool", 2), ("pool", 4)}
     assert all(r["visual_tokens"] == 33 and 0 <= r["all"] <= 100 for r in rows)
     assert (tmp_path / "accuracy_vs_tokens.png").exists()
+
+
+def test_fixed_option_order_names_the_same_answer_with_the_same_letter():
+    rng = random.Random(1)
+    for _ in range(30):
+        _, objs = make_episode(rng, frames=8, size=48, objects=3)
+        assert make_question(rng, objs, "identity", shuffle=False)[1] == ["square", "circle", "triangle", "cross"]
+        assert make_question(rng, objs, "direction", shuffle=False)[1] == ["left", "right", "up", "down"]
+        q, opts, ans = make_question(rng, objs, "count", shuffle=False)
+        assert opts == ["1", "2", "3", "4"] and opts[ans] == str(sum(o.direction is not None for o in objs))
+
+
+def test_grid_objects_stay_inside_one_patch():
+    from llava_vqtoken.motionqa.data import COLORS
+
+    rng = random.Random(2)
+    for _ in range(10):
+        video, objs = make_episode(rng, frames=8, size=48, objects=3, cell=8)
+        for t in range(8):
+            for o in objs:
+                ys, xs = (video[t] == COLORS[o.color]).all(-1).nonzero()
+                if len(ys):
+                    assert len(set(ys // 8)) == 1 and len(set(xs // 8)) == 1

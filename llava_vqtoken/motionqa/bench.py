@@ -39,7 +39,8 @@ def parse_setting(setting: str, budget: int) -> dict[str, Any]:
     return spec
 
 
-def build(spec: dict[str, Any], size: int, patch: int, vision_hidden: int, text_hidden: int, seed: int):
+def build(spec: dict[str, Any], size: int, patch: int, vision_hidden: int, text_hidden: int, seed: int,
+          vision_layers: int = 3, text_layers: int = 2):
     from transformers import (
         LlavaOnevisionImageProcessor,
         LlavaOnevisionVideoProcessor,
@@ -57,10 +58,10 @@ def build(spec: dict[str, Any], size: int, patch: int, vision_hidden: int, text_
     tok = build_tokenizer()
     cfg = VQTokenLlavaOnevisionConfig(
         vision_config=SiglipVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
-                                         num_hidden_layers=3, num_attention_heads=4, image_size=size,
+                                         num_hidden_layers=vision_layers, num_attention_heads=4, image_size=size,
                                          patch_size=patch, vision_use_head=False),
         text_config=Qwen2Config(vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=2 * text_hidden,
-                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=2,
                                 max_position_embeddings=8192, tie_word_embeddings=True),
         image_token_id=tok.convert_tokens_to_ids("<image>"), video_token_id=tok.convert_tokens_to_ids("<video>"),
         vision_feature_select_strategy="full", vision_feature_layer=-1,
@@ -117,7 +118,8 @@ def option_logits(model, batch, letter_ids: torch.Tensor, device) -> torch.Tenso
 def run_one(spec, train, test, args, seed, device, encoded: dict | None = None) -> dict[str, Any]:
     """Train one model from scratch on ``train`` and evaluate it on ``test`` at each budget.
     ``encoded`` caches the encoded splits between seeds of one setting."""
-    model, proc = build(spec, args.size, args.patch, args.vision_hidden, args.text_hidden, seed)
+    model, proc = build(spec, args.size, args.patch, args.vision_hidden, args.text_hidden, seed,
+                        getattr(args, "vision_layers", 3), getattr(args, "text_layers", 2))
     model.to(device).train()
     letters = torch.tensor([proc.tokenizer.convert_tokens_to_ids(c) for c in "ABCD"], device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
@@ -225,20 +227,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patch", type=int, default=8)
     p.add_argument("--vision-hidden", type=int, default=96)
     p.add_argument("--text-hidden", type=int, default=128)
+    p.add_argument("--vision-layers", type=int, default=3)
+    p.add_argument("--text-layers", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=50, help="steps of linear learning-rate warm-up")
     p.add_argument("--objects", type=int, default=3, help="objects per clip (at least 2 move)")
     p.add_argument("--option-order", choices=["shuffled", "fixed"], default="shuffled",
                    help="fixed: a letter always names the same answer for a question type")
+    p.add_argument("--grid-objects", action=argparse.BooleanOptionalAction, default=False,
+                   help="objects one patch in size, drawn on the patch grid")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="runs/motionqa")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     shuffle = a.option_order == "shuffled"
-    train = make_split(a.train_size, 1000, a.frames, a.size, a.objects, shuffle)
-    test = make_split(a.test_size, 2000, a.frames, a.size, a.objects, shuffle)
+    cell = a.patch if a.grid_objects else None
+    train = make_split(a.train_size, 1000, a.frames, a.size, a.objects, shuffle, cell)
+    test = make_split(a.test_size, 2000, a.frames, a.size, a.objects, shuffle, cell)
     if a.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     runs = []

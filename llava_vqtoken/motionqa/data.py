@@ -42,9 +42,13 @@ def _mask(shape: str, size: int) -> np.ndarray:
 
 
 def make_episode(
-    rng: random.Random, frames: int = 16, size: int = 64, objects: int = 3
+    rng: random.Random, frames: int = 16, size: int = 64, objects: int = 3, cell: int | None = None
 ) -> tuple[np.ndarray, list[Obj]]:
-    """One clip [T, size, size, 3] uint8 and its objects (distinct colours, at least 2 moving)."""
+    """One clip [T, size, size, 3] uint8 and its objects (distinct colours, at least 2 moving).
+
+    With ``cell`` (the vision tower's patch size) every object is one patch drawn on the patch grid
+    and moves by whole patches: what a token holds is then unambiguous, so the benchmark measures
+    what compression keeps rather than how fast a tower learns sub-patch shapes."""
     colors = rng.sample(list(COLORS), objects)
     objs = []
     n_moving = rng.randint(2, objects)
@@ -54,7 +58,7 @@ def make_episode(
         objs.append(Obj(color, rng.choice(SHAPES), direction, starts[i], rng.uniform(0.3, 0.7) * size,
                         rng.uniform(0.3, 0.7) * size))
     rng.shuffle(objs)
-    obj_size = max(6, size // 6)
+    obj_size = cell or max(6, size // 6)
     speed = size * 0.4 / frames
     video = np.full((frames, size, size, 3), 110, np.uint8)
     for t in range(frames):
@@ -64,6 +68,8 @@ def make_episode(
             dy, dx = DIRECTIONS[o.direction] if o.direction else (0, 0)
             y = int(np.clip(o.y + dy * speed * (t - o.start), 0, size - obj_size))
             x = int(np.clip(o.x + dx * speed * (t - o.start), 0, size - obj_size))
+            if cell:
+                y, x = round(y / cell) * cell, round(x / cell) * cell
             m = _mask(o.shape, obj_size)
             video[t, y : y + obj_size, x : x + obj_size][m] = COLORS[o.color]
     return video, objs
@@ -107,12 +113,14 @@ def prompt_text(question: str, options: list[str]) -> str:
     return f"{question}\n{letters}\nAnswer with the option's letter."
 
 
-def make_split(n: int, seed: int, frames: int, size: int, objects: int = 3, shuffle_options: bool = True):
+def make_split(
+    n: int, seed: int, frames: int, size: int, objects: int = 3, shuffle_options: bool = True, cell: int | None = None
+):
     """n samples: (video, question type, prompt, answer index), question types balanced."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        video, objs = make_episode(rng, frames, size, objects)
+        video, objs = make_episode(rng, frames, size, objects, cell)
         qtype = TYPES[i % len(TYPES)]
         q, opts, ans = make_question(rng, objs, qtype, shuffle_options)
         out.append((video, qtype, prompt_text(q, opts), ans))
