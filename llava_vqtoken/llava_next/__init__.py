@@ -111,52 +111,73 @@ def install() -> None:
         attach_compressor(self, self.config)
 
     def get_2dPool(self, image_feature, stride=2):
-        comp = getattr(self.get_model(), "video_compressor", None)
-        if comp is None:
+        if getattr(self.get_model(), "video_compressor", None) is None:
             return _ORIGINAL["pool"](self, image_feature, stride)
-        step = getattr(self, "_vq_step", None)
-        if step is not None and step["done"]:
-            return step["done"].pop(0)  # compressed already, with the rest of the batch (training)
-        t, n, d = image_feature.shape
-        side = self.get_vision_tower().num_patches_per_side
-        video = comp(image_feature.reshape(1, t, side, side, d))[0]
-        self.get_model().last_video_tokens = video.num_tokens
-        return video.tokens.unsqueeze(0)  # one pseudo-frame: LLaVA-NeXT's newline code adds image_newline
+        return pool_video(self, image_feature)
 
     def encode_images(self, images):
-        feats = _ORIGINAL["encode"](self, images)
-        step = getattr(self, "_vq_step", None)
-        if step is not None:
-            _compress_batch(self, feats, step)
-        return feats
+        return after_encode(self, _ORIGINAL["encode"](self, images))
 
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
                                              images, modalities=["image"], image_sizes=None):  # noqa: B006 - upstream's
         args = (input_ids, position_ids, attention_mask, past_key_values, labels, images, modalities, image_sizes)
-        comp = getattr(self.get_model(), "video_compressor", None)
-        if comp is None or not self.training or images is None or input_ids.shape[1] == 1:
-            return _ORIGINAL["prepare"](self, *args)
-        mods = [modalities] if isinstance(modalities, str) else list(modalities)
-        if isinstance(images, list):
-            sizes = [x.shape[0] if x.ndim == 4 else 1 for x in images]
-        else:
-            sizes = [images.shape[1]] * images.shape[0] if images.ndim == 5 else [1] * images.shape[0]
-        self._vq_step = {"sizes": sizes, "videos": [i for i, m in enumerate(mods) if m == "video"], "done": [],
-                         "zero": None}
-        try:
-            out = list(_ORIGINAL["prepare"](self, *args))
-            zero = self._vq_step["zero"]
-        finally:
-            self._vq_step = None
-        if zero is not None and out[4] is not None:
-            out[4] = out[4] + zero.to(out[4].dtype)
-        return tuple(out)
+        return prepare_with_one_call(self, _ORIGINAL["prepare"], *args)
 
     meta.__init__ = __init__
     meta.initialize_vision_modules = initialize_vision_modules
     causal.get_2dPool = get_2dPool
     causal.encode_images = encode_images
     causal.prepare_inputs_labels_for_multimodal = prepare_inputs_labels_for_multimodal
+
+
+# The three hooks below are what ``install()`` patches in, and what the git patch in ``patches/`` calls.
+
+
+def pool_video(model, image_feature: torch.Tensor) -> torch.Tensor:
+    """``get_2dPool`` for one video's features [T, H*W, D] -> [1, M, D]: its tokens from the batch's one
+    compressor call in training, else a call of its own."""
+    step = getattr(model, "_vq_step", None)
+    if step is not None and step["done"]:
+        return step["done"].pop(0)
+    comp = model.get_model().video_compressor
+    t, n, d = image_feature.shape
+    side = model.get_vision_tower().num_patches_per_side
+    video = comp(image_feature.reshape(1, t, side, side, d))[0]
+    model.get_model().last_video_tokens = video.num_tokens
+    return video.tokens.unsqueeze(0)  # one pseudo-frame: LLaVA-NeXT's newline code adds image_newline
+
+
+def after_encode(model, feats: torch.Tensor) -> torch.Tensor:
+    """End of ``encode_images``: in a training forward, compress all of the batch's videos now."""
+    step = getattr(model, "_vq_step", None)
+    if step is not None:
+        _compress_batch(model, feats, step)
+    return feats
+
+
+def prepare_with_one_call(model, prepare, input_ids, position_ids, attention_mask, past_key_values, labels, images,
+                          modalities=("image",), image_sizes=None):
+    """Run LLaVA-NeXT's ``prepare_inputs_labels_for_multimodal`` (``prepare``) so that a training
+    forward calls the compressor exactly once (see the module doc)."""
+    args = (input_ids, position_ids, attention_mask, past_key_values, labels, images, modalities, image_sizes)
+    comp = getattr(model.get_model(), "video_compressor", None)
+    if comp is None or not model.training or images is None or input_ids.shape[1] == 1:
+        return prepare(model, *args)
+    mods = [modalities] if isinstance(modalities, str) else list(modalities)
+    if isinstance(images, list):
+        sizes = [x.shape[0] if x.ndim == 4 else 1 for x in images]
+    else:
+        sizes = [images.shape[1]] * images.shape[0] if images.ndim == 5 else [1] * images.shape[0]
+    model._vq_step = {"sizes": sizes, "videos": [i for i, m in enumerate(mods) if m == "video"], "done": [],
+                      "zero": None}
+    try:
+        out = list(prepare(model, *args))
+        zero = model._vq_step["zero"]
+    finally:
+        model._vq_step = None
+    if zero is not None and out[4] is not None:
+        out[4] = out[4] + zero.to(out[4].dtype)
+    return tuple(out)
 
 
 def _compress_batch(model, feats: torch.Tensor, step: dict) -> None:
