@@ -255,3 +255,53 @@ def test_training_forward_calls_the_compressor_exactly_once_and_grads_reach_it(t
     assert grads and all(g is not None for g in grads)
     if "video" not in mods:
         assert all(float(g.abs().sum()) == 0 for g in grads)
+
+
+PATCHED_CHECK = """
+import sys, numpy as np, torch
+import llava
+assert llava.__file__.startswith(sys.argv[1]), llava.__file__
+from llava_vqtoken.llava_next.tiny import build_tiny_llava_qwen
+from llava.model.builder import load_pretrained_model
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.mm_utils import tokenizer_image_token
+path = build_tiny_llava_qwen(sys.argv[2], video_compressor={"num_tokens": 8})
+tok, model, proc, _ = load_pretrained_model(str(path), None, "llava_qwen", device_map="auto", torch_dtype="bfloat16",
+                                            attn_implementation="sdpa")
+video = np.random.default_rng(0).integers(0, 255, size=(4, 64, 64, 3), dtype=np.uint8)
+pix = proc.preprocess(list(video), return_tensors="pt")["pixel_values"].to(torch.bfloat16)
+ids = tokenizer_image_token("<|im_start|>user\\n<image>\\nwhat moves ?<|im_end|>\\n", tok, IMAGE_TOKEN_INDEX,
+                            return_tensors="pt")
+text = tok("<|im_start|>user\\nwhat is a square ?<|im_end|>\\n", return_tensors="pt").input_ids[0]
+rows, pad = [ids, text, ids], tok.pad_token_id
+input_ids = torch.stack([torch.cat([r, torch.full((max(map(len, rows)) - len(r),), pad)]) for r in rows])
+calls = []
+comp = model.get_model().video_compressor
+comp.register_forward_hook(lambda m, i, o: calls.append(len(o)))
+model.train()
+out = model(input_ids=input_ids, attention_mask=input_ids.ne(pad), labels=input_ids.clone(),
+            images=[pix, torch.zeros(1, *pix.shape[1:], dtype=pix.dtype), pix],
+            modalities=["video", "text", "video"], image_sizes=[(64, 64)] * 3)
+out.loss.backward()
+assert calls == [2] and all(p.grad is not None for p in comp.parameters()), calls
+model.eval()
+with torch.no_grad():
+    model.generate(ids[None], images=[pix], modalities=["video"], max_new_tokens=2, do_sample=False)
+assert model.get_model().last_video_tokens == 8
+print("ok")
+"""
+
+
+def test_patched_checkout_trains_with_one_compressor_call_and_generates(tmp_path):
+    import shutil
+
+    src = os.environ.get("LLAVA_NEXT_SRC")
+    if not src:
+        pytest.skip("set LLAVA_NEXT_SRC to a LLaVA-NeXT checkout at b42941c to run the patched code")
+    shutil.copytree(Path(src) / "llava", tmp_path / "src" / "llava")
+    patch = Path(__file__).resolve().parents[2] / "patches" / "llava-next-b42941c-vqtoken.patch"
+    subprocess.run(["git", "apply", str(patch)], cwd=tmp_path / "src", check=True)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "src"))
+    r = subprocess.run([sys.executable, "-c", PATCHED_CHECK, str(tmp_path / "src"), str(tmp_path / "llava-qwen-p")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
