@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llava-vqtoken motionqa", description=__doc__.splitlines()[0])
     p.add_argument("--compressors", nargs="+", default=DEFAULT_COMPRESSORS)
     p.add_argument("--num-tokens", type=int, default=32)
-    p.add_argument("--steps", nargs="+", type=int, default=[250, 1000], help="training budgets (evaluated at each)")
+    p.add_argument("--steps", nargs="+", type=int, default=[1000, 3000], help="training budgets (evaluated at each)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--train-size", type=int, default=4000)
     p.add_argument("--test-size", type=int, default=400)
@@ -233,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=50, help="steps of linear learning-rate warm-up")
     p.add_argument("--objects", type=int, default=3, help="objects per clip (at least 2 move)")
-    p.add_argument("--option-order", choices=["shuffled", "fixed"], default="shuffled",
+    p.add_argument("--option-order", choices=["shuffled", "fixed"], default="fixed",
                    help="fixed: a letter always names the same answer for a question type")
-    p.add_argument("--grid-objects", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--grid-objects", action=argparse.BooleanOptionalAction, default=True,
                    help="objects one patch in size, drawn on the patch grid")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="runs/motionqa")
