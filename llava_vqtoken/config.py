@@ -134,6 +134,41 @@ class CompressorConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
+    def parse_field(cls, name: str, value: Any) -> Any:
+        """A field's value from its string form in ``key=value`` settings (sweeps, lmms-eval model_args).
+        Only the nullable fields (num_tokens, adaptive) read "none"/"null"/"" as null: for attention,
+        "none" is a mode."""
+        if not isinstance(value, str):
+            return value
+        if name not in {f.name for f in dataclasses.fields(cls)} or name == "extra":
+            raise ConfigError(f"compressor config: unknown field {name!r}")
+        if name in _NULLABLE and value.lower() in ("none", "null", ""):
+            return None
+        kind = type(getattr(_DEFAULTS, name))
+        if kind is bool:
+            if value.lower() not in _BOOLS:
+                raise ConfigError(f"compressor config: {name}={value!r} is not a boolean")
+            return _BOOLS[value.lower()]
+        if kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                raise ConfigError(f"compressor config: {name}={value!r} is not a {kind.__name__}") from None
+        return value
+
+    @classmethod
+    def parse_setting(cls, setting: str) -> dict[str, Any]:
+        """``NAME[:key=value,...]`` (e.g. ``vqtoken:num_tokens=32,attention=none``) -> typed field dict."""
+        name, _, rest = setting.partition(":")
+        spec: dict[str, Any] = {"name": name}
+        for kv in filter(None, rest.split(",")):
+            key, eq, value = kv.partition("=")
+            if not eq:
+                raise ConfigError(f"compressor setting {setting!r}: {kv!r} is not key=value")
+            spec[key] = cls.parse_field(key, value)
+        return spec
+
+    @classmethod
     def released(cls, **changes: Any) -> CompressorConfig:
         """The authors' released checkpoint behaviour: normalised-mean codebook, centroids only,
         adaptive elbow over 12..32 (implemented correctly, without the release's index bug)."""
@@ -143,3 +178,8 @@ class CompressorConfig:
         )
         base.update(changes)
         return cls(**base)
+
+
+_DEFAULTS = CompressorConfig()
+_NULLABLE = ("num_tokens", "adaptive")
+_BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}

@@ -249,3 +249,16 @@ def test_batched_tome_merges_exactly_as_video_by_video():
     assert batched.shape == (3, 20, 16)
     for i in range(3):
         torch.testing.assert_close(batched[i], tome_tokens(videos[i], 20))
+
+
+def test_settings_parse_to_typed_fields_with_one_parser():
+    parse = CompressorConfig.parse_setting
+    assert parse("vqtoken:num_tokens=32,attention=none,compile=true,tol=0.01") == {
+        "name": "vqtoken", "num_tokens": 32, "attention": "none", "compile": True, "tol": 0.01}
+    assert parse("vqtoken:adaptive=elbow,num_tokens=null") == {
+        "name": "vqtoken", "adaptive": "elbow", "num_tokens": None}
+    assert parse("none") == {"name": "none"}
+    for bad, why in [("vqtoken:num_tokens=many", "not a int"), ("vqtoken:colour=red", "unknown field"),
+                     ("vqtoken:num_tokens", "not key=value"), ("vqtoken:compile=maybe", "not a boolean")]:
+        with pytest.raises(ConfigError, match=why):
+            parse(bad)

@@ -32,6 +32,9 @@ def test_vqtoken_wrapper_model_args_are_aliases():
     assert compressor_from_model_args({"frames": "8"})[0] is None
     with pytest.raises(ConfigError, match="vqtoken_selection_method"):
         compressor_from_model_args({"vqtoken_selection_method": "kmeans"})
+    # "none" is an attention mode (the codebook-only ablation), not a null
+    spec, _ = compressor_from_model_args({"compressor": "vqtoken", "attention": "none", "adaptive": "None"})
+    assert spec.attention == "none" and spec.adaptive is None
 
 
 def _fake_run(d, acc, tokens, seconds, task="t"):

@@ -55,11 +55,9 @@ def compressor_from_model_args(args: dict[str, Any]) -> tuple[CompressorConfig |
             spec["num_tokens"] = int(args["max_codes"])  # the wrapper's fixed K is its max_clusters
     if "compressor" in args:
         spec["name"] = args.pop("compressor")
-    for key, cast in (("num_tokens", int), ("min_codes", int), ("max_codes", int), ("seed", int), ("iters", int),
-                      ("adaptive", str), ("attention", str), ("hash", str), ("codebook", str)):
+    for key in ("num_tokens", "min_codes", "max_codes", "seed", "iters", "adaptive", "attention", "hash", "codebook"):
         if key in args:
-            v = args.pop(key)
-            spec[key] = None if str(v).lower() in ("none", "null", "") else cast(v)
+            spec[key] = CompressorConfig.parse_field(key, str(args.pop(key)))
     if spec.get("adaptive"):
         spec.setdefault("num_tokens", None)
     return (CompressorConfig.from_dict(spec) if spec else None), args

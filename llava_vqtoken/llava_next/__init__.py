@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from typing import Any
 
 import torch
@@ -195,22 +196,12 @@ def _compress_batch(model, feats: torch.Tensor, step: dict) -> None:
     if len(frames) == 1:
         out = comp(torch.stack(videos).reshape(len(videos), frames.pop(), side, side, d))
     else:  # different frame counts cannot share one call; ranks may then disagree on the count (ZeRO-3)
-        _warn_once("llava-vqtoken: videos with different frame counts in one batch are compressed one call each; "
-                   "under ZeRO-3 use a fixed frame count (--frames_upbound with --force_sample True)")
+        warnings.warn("llava-vqtoken: videos with different frame counts in one batch are compressed one call "
+                      "each; under ZeRO-3 use a fixed frame count (--frames_upbound with --force_sample True)",
+                      stacklevel=2)  # shown once per call site by Python's default warning filter
         out = [comp(v.reshape(1, v.shape[0], side, side, d))[0] for v in videos]
     model.get_model().last_video_tokens = out[-1].num_tokens
     step["done"] = [v.tokens.unsqueeze(0) for v in out]
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(msg: str) -> None:
-    import warnings
-
-    if msg not in _WARNED:
-        _WARNED.add(msg)
-        warnings.warn(msg, stacklevel=3)
 
 
 def uninstall() -> None:

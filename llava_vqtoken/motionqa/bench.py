@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..config import CompressorConfig
 from ..core.metrics import tokdense
 from .data import TYPES, make_split
 
@@ -31,11 +32,9 @@ DEFAULT_COMPRESSORS = [
 
 
 def parse_setting(setting: str, budget: int) -> dict[str, Any]:
-    name, _, rest = setting.partition(":")
-    spec: dict[str, Any] = {"name": name, "num_tokens": None if name == "none" else budget}
-    for kv in filter(None, rest.split(",")):
-        k, v = kv.split("=")
-        spec[k] = int(v) if v.isdigit() else v
+    """A sweep setting (``NAME[:key=value,...]``) with the shared budget unless it names its own."""
+    spec = CompressorConfig.parse_setting(setting)
+    spec.setdefault("num_tokens", None if spec["name"] == "none" else budget)
     return spec
 
 
