@@ -17,6 +17,7 @@ ADAPTIVE = (None, "elbow", "silhouette")
 ATTENTION = ("paper", "none", "random", "released")
 HASH = ("kmeans", "random")
 CODEBOOK = ("raw", "normalized")
+FOOTPRINT = ("marginal", "motion")
 
 #: the config.json key under which hosts store the spec
 CONFIG_KEY = "video_compressor"
@@ -44,8 +45,15 @@ class CompressorConfig:
         ``released`` (the authors' released decoder layout: index-map rows as queries).
     hash: ``kmeans`` (the key map of the clustering) or ``random`` (random key map, ablation).
     codebook: code vectors as means of ``raw`` tokens (paper) or of L2-``normalized`` tokens (released code).
-    apply_attention: with ``attention="released"``, False builds the module (so released checkpoints
-        load with every key) but feeds the LLM the codebook only, as the released code does.
+    footprint: what VQ-Attention's values see of each code's place in the key map. ``marginal``: the
+        mean Fourier features of its (t, h, w) coordinates, their spread, its share of tokens and of
+        frames. ``motion`` adds its first and last frame, its centroid in each of them and the
+        displacement between the two, which the marginal statistics cannot express (a code moving
+        right and one moving left have the same marginals), and adds each code's own embedded
+        footprint to its token (in the paper form it reaches a code only through the attention mix).
+    apply_attention: False builds the attention module (so checkpoints load with every key) but feeds
+        the LLM the codebook only: the released code's behaviour with ``attention="released"``, and
+        the "attention built, not applied" control for ``paper`` and ``random``.
     cuda_graphs: on CUDA, replay the clustering as a captured graph (same numbers, fewer launches).
     iters / refine_iters / tol: Lloyd budget of a fit and of the adaptive refinement, and the
         centroid-shift tolerance after which a video stops moving. 10 steps from greedy k-means++
@@ -70,6 +78,7 @@ class CompressorConfig:
     codebook: str = "raw"
     heads: int = 8
     footprint_freqs: int = 8
+    footprint: str = "marginal"
     ffn_dim: int = 2048
     newline: bool = True
     apply_attention: bool = True
@@ -108,6 +117,8 @@ class CompressorConfig:
             raise bad("hash", f"is not one of {', '.join(HASH)}")
         if self.codebook not in CODEBOOK:
             raise bad("codebook", f"is not one of {', '.join(CODEBOOK)}")
+        if self.footprint not in FOOTPRINT:
+            raise bad("footprint", f"is not one of {', '.join(FOOTPRINT)}")
         if self.heads < 1:
             raise bad("heads", "must be >= 1")
 

@@ -60,3 +60,15 @@ def test_grid_objects_stay_inside_one_patch():
                 ys, xs = (video[t] == COLORS[o.color]).all(-1).nonzero()
                 if len(ys):
                     assert len(set(ys // 8)) == 1 and len(set(xs // 8)) == 1
+
+
+def test_questions_can_name_the_object_by_order_of_appearance():
+    rng = random.Random(3)
+    for _ in range(40):
+        _, objs = make_episode(rng, frames=8, size=32, objects=3, cell=8)
+        first = min(objs, key=lambda o: o.start)
+        assert first.direction is not None  # the object that appears first always moves
+        q, opts, ans = make_question(rng, objs, "direction", shuffle=False, refer="order")
+        assert "appears first" in q and opts[ans] == first.direction
+        q, opts, ans = make_question(rng, objs, "identity", shuffle=False, refer="order")
+        assert opts[ans] == first.shape

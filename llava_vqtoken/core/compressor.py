@@ -134,7 +134,9 @@ class VQTokenCompressor(VideoCompressor):
         super().__init__(config, hidden_size)
         self.attention: nn.Module | None = None
         if config.attention in ("paper", "random"):
-            self.attention = VQAttention(hidden_size, config.heads, config.footprint_freqs, mode=config.attention)
+            self.attention = VQAttention(
+                hidden_size, config.heads, config.footprint_freqs, mode=config.attention, footprint=config.footprint
+            )
         elif config.attention == "released":
             if grid_cells is None:
                 raise CompressionError("attention='released' needs grid_cells (tokens per frame, e.g. 27*27)")
@@ -230,7 +232,7 @@ class VQTokenCompressor(VideoCompressor):
             r = torch.rand(b, n, device=x.device, generator=self._generator(x.device, 1))
             attn_map = key_map_grid((r * ks).long(), frames, height, width)
         tokens = codebook
-        if isinstance(self.attention, VQAttention):
+        if isinstance(self.attention, VQAttention) and cfg.apply_attention:
             gen = self._generator(x.device, 2) if cfg.attention == "random" else None
             tokens = self.attention(codebook, attn_map, active=active, generator=gen)
         return tokens, key_map, codebook, finite

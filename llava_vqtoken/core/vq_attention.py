@@ -4,7 +4,10 @@ Paper form: B' = MHA(Q = B W_Q, K = B W_K, V = M~ W_V) with M~ = MLP(footprint o
 key map), so each of the K output tokens is its code vector enriched with *where and when* codes
 occur. The footprint of code k is the mean, over its member tokens, of Fourier features of the
 normalised (t, h, w) coordinates plus occupancy statistics (share of tokens, share of frames,
-temporal and spatial extent). Sizes come from the hidden width and the config only; any grid works.
+temporal and spatial extent); ``footprint="motion"`` adds where the code is in its first and last
+frame, which says which way it moves, and adds each code's own embedded footprint to its output (in
+the paper form a code sees footprints only through the attention's weighted mix over all codes).
+Sizes come from the hidden width and the config only; any grid works.
 """
 
 from __future__ import annotations
@@ -35,10 +38,13 @@ def fourier_features(coords: torch.Tensor, freqs: int) -> torch.Tensor:
     return torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(-2)
 
 
-def footprint_stats(
-    key_map: torch.Tensor, k: int, freqs: int
-) -> torch.Tensor:
-    """Per-code footprint of a key map [B, T, H, W] -> [B, K, F] (no parameters, no gradient needed)."""
+def footprint_stats(key_map: torch.Tensor, k: int, freqs: int, motion: bool = False) -> torch.Tensor:
+    """Per-code footprint of a key map [B, T, H, W] -> [B, K, footprint_dim(freqs, motion)] (no
+    parameters, no gradient needed, no host sync).
+
+    Marginal part: mean Fourier features of the members' (t, h, w), their spread, the code's share of
+    tokens and of frames. With ``motion``: first and last frame where the code occurs, its (h, w)
+    centroid in each and the displacement between them (zeros for a code that does not occur)."""
     b, t, h, w = key_map.shape
     labels = key_map.reshape(b, -1)
     coords = grid_coordinates(t, h, w, key_map.device)  # [N, 3]
@@ -49,13 +55,32 @@ def footprint_stats(
     # spread of (t, h, w): E[c^2] - E[c]^2
     m1, m2 = mean[..., -6:-3], mean[..., -3:]
     spread = (m2 - m1**2).clamp_min(0.0).sqrt()
-    frame_presence = oh.reshape(b, t, h * w, k).amax(dim=2).mean(dim=1)  # share of frames where the code occurs
+    per_frame = oh.reshape(b, t, h * w, k)
+    frame_counts = per_frame.sum(dim=2)  # [B, T, K]
+    frame_presence = (frame_counts > 0).to(oh.dtype).mean(dim=1)  # share of frames where the code occurs
     share = counts / labels.shape[1]
-    return torch.cat([mean[..., :-3], spread, share[..., None], frame_presence[..., None]], dim=-1)
+    parts = [mean[..., :-3], spread, share[..., None], frame_presence[..., None]]
+    if motion:
+        hw = coords.reshape(t, h * w, 3)[..., 1:]  # [T, HW, 2]
+        centroid = torch.einsum("bthk,thc->btkc", per_frame, hw) / frame_counts.clamp_min(1.0)[..., None]
+        present = frame_counts > 0
+        idx = torch.arange(t, device=key_map.device)[None, :, None]
+        first = torch.where(present, idx, t).amin(dim=1).clamp_max(t - 1)  # [B, K]
+        last = torch.where(present, idx, -1).amax(dim=1).clamp_min(0)
+        occurs = (counts > 0).to(oh.dtype)[..., None]
+
+        def at(frame: torch.Tensor) -> torch.Tensor:  # centroid of each code in the given frame -> [B, K, 2]
+            return centroid.gather(1, frame[:, None, :, None].expand(-1, 1, -1, 2)).squeeze(1) * occurs
+
+        c_first, c_last = at(first), at(last)
+        scale = max(t - 1, 1)
+        times = torch.stack([first, last], dim=-1).to(oh.dtype) / scale * occurs
+        parts += [times, c_first, c_last, c_last - c_first]
+    return torch.cat(parts, dim=-1)
 
 
-def footprint_dim(freqs: int) -> int:
-    return 3 * 2 * freqs + 3 + 3 + 2
+def footprint_dim(freqs: int, motion: bool = False) -> int:
+    return 3 * 2 * freqs + 3 + 3 + 2 + (8 if motion else 0)
 
 
 class VQAttention(nn.Module):
@@ -67,12 +92,15 @@ class VQAttention(nn.Module):
     (the paper's "random attention" ablation); V still carries the footprint.
     """
 
-    def __init__(self, dim: int, heads: int = 8, freqs: int = 8, mode: str = "paper") -> None:
+    def __init__(
+        self, dim: int, heads: int = 8, freqs: int = 8, mode: str = "paper", footprint: str = "marginal"
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"hidden size {dim} is not divisible by heads={heads}")
         self.dim, self.heads, self.freqs, self.mode = dim, heads, freqs, mode
-        fdim = footprint_dim(freqs)
+        self.motion = footprint == "motion"
+        fdim = footprint_dim(freqs, self.motion)
         self.footprint_mlp = nn.Sequential(nn.Linear(fdim, dim), nn.GELU(), nn.Linear(dim, dim))
         # no affine parameters: q/k projections absorb them, and hosts that build this module on the
         # meta device and then initialise only the layer types they know (LLaVA-NeXT's Qwen2) would
@@ -95,7 +123,7 @@ class VQAttention(nn.Module):
         """codebook [B, K, D], key_map [B, T, H, W] (values < K), active [B, K] -> [B, K, D]."""
         b, k, d = codebook.shape
         dtype = self.q_proj.weight.dtype
-        fp = footprint_stats(key_map, k, self.freqs).to(dtype)
+        fp = footprint_stats(key_map, k, self.freqs, self.motion).to(dtype)
         v_in = self.footprint_mlp(fp)  # M~ [B, K, D]
         x = self.norm(codebook.to(dtype))
         hd = d // self.heads
@@ -116,6 +144,8 @@ class VQAttention(nn.Module):
             q, kk = split(self.q_proj(x)), split(self.k_proj(x))
             out = F.scaled_dot_product_attention(q, kk, v, attn_mask=mask)
         out = out.transpose(1, 2).reshape(b, k, d)
+        if self.motion:  # each code also keeps its own footprint, not only the attention's mix of all codes'
+            out = out + v_in
         return codebook + self.out_proj(out).to(codebook.dtype)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -23,11 +24,11 @@ from tqdm import tqdm
 
 from ..config import CompressorConfig
 from ..core.metrics import tokdense
-from .data import TYPES, make_split
+from .data import REFER, TYPES, make_split
 
 DEFAULT_COMPRESSORS = [
     "vqtoken", "vqtoken:attention=none", "vqtoken:hash=random", "vqtoken:attention=random",
-    "pool", "prune", "tome", "temporal_merge", "none",
+    "vqtoken:footprint=motion", "pool", "prune", "tome", "temporal_merge", "none",
 ]
 
 
@@ -36,6 +37,10 @@ def parse_setting(setting: str, budget: int) -> dict[str, Any]:
     spec = CompressorConfig.parse_setting(setting)
     spec.setdefault("num_tokens", None if spec["name"] == "none" else budget)
     return spec
+
+
+def spec_label(spec: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in spec.items())
 
 
 def build(spec: dict[str, Any], size: int, patch: int, vision_hidden: int, text_hidden: int, seed: int,
@@ -105,7 +110,8 @@ _PIXELS: dict[str, torch.Tensor] = {}
 
 
 def take(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {k: v[idx] for k, v in data.items()}
+    """Rows ``idx`` of an encoded split; pixels are kept in half precision and come back as float32."""
+    return {k: v[idx].float() if v.dtype == torch.float16 else v[idx] for k, v in data.items()}
 
 
 def option_logits(model, batch, letter_ids: torch.Tensor, device) -> torch.Tensor:
@@ -129,9 +135,9 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None) 
     encoded = {} if encoded is None else encoded
     if not encoded:
         encoded.update(train=encode_all(proc, train, device), test=encode_all(proc, test, device))
-        for split in ("train", "test"):  # pixels are the same for every setting: keep one copy
+        for split in ("train", "test"):  # pixels are the same for every setting: keep one copy, in fp16
             key = f"pixels_{split}"
-            _PIXELS.setdefault(key, encoded[split]["pixel_values_videos"])
+            _PIXELS.setdefault(key, encoded[split]["pixel_values_videos"].half())
             encoded[split]["pixel_values_videos"] = _PIXELS[key]
     tr, te = encoded["train"], encoded["test"]
     qtypes = [q for _, q, _, _ in test]
@@ -159,17 +165,21 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None) 
         results["by_steps"][budget] = {
             "accuracy": acc, "last_loss": float(loss.detach()), "seconds": time.perf_counter() - t0,
         }
+        tqdm.write(f"{spec_label(spec)} seed {seed} at {budget} steps: "
+                   + " ".join(f"{t} {v:.0f}" for t, v in acc.items())
+                   + f" | loss {float(loss.detach()):.3f} | {time.perf_counter() - t0:.0f} s")
     results["visual_tokens"] = int(model.model.last_video_tokens[0]) if model.model.last_video_tokens else None
     return results
 
 
 def report(runs: list[dict[str, Any]], out: Path) -> str:
     rows = []
+    types = [t for t in TYPES if any(t in b["accuracy"] for r in runs for b in r["by_steps"].values())]
     labels = sorted({r["label"] for r in runs}, key=lambda x: [r["label"] for r in runs].index(x))
     for label in labels:
         mine = [r for r in runs if r["label"] == label]
         for budget in sorted(mine[0]["by_steps"], key=int):
-            accs = {t: [r["by_steps"][budget]["accuracy"].get(t, float("nan")) for r in mine] for t in (*TYPES, "all")}
+            accs = {t: [r["by_steps"][budget]["accuracy"].get(t, float("nan")) for r in mine] for t in (*types, "all")}
             tokens = mine[0]["visual_tokens"]
             row = {"run": label, "steps": int(budget), "visual_tokens": tokens, "seeds": len(mine)}
             for t, v in accs.items():
@@ -178,10 +188,10 @@ def report(runs: list[dict[str, Any]], out: Path) -> str:
             row["tokdense"] = tokdense(row["all"], tokens) if tokens else None
             rows.append(row)
     (out / "report.json").write_text(json.dumps(rows, indent=1))
-    head = "| run | steps | tokens | " + " | ".join(TYPES) + " | all | TokDense |"
-    lines = [head, "|" + "---|" * (5 + len(TYPES))]
+    head = "| run | steps | tokens | " + " | ".join(types) + " | all | TokDense |"
+    lines = [head, "|" + "---|" * (5 + len(types))]
     for r in rows:
-        cells = " | ".join(f"{r[t]:.1f}±{r[t + '_sd']:.1f}" for t in TYPES)
+        cells = " | ".join(f"{r[t]:.1f}±{r[t + '_sd']:.1f}" for t in types)
         lines.append(f"| {r['run']} | {r['steps']} | {r['visual_tokens']} | {cells} | {r['all']:.1f}±{r['all_sd']:.1f} "
                      f"| {r['tokdense']:.3f} |")
     text = "\n".join(lines) + "\n\nChance is 25%. Mean ± population s.d. over seeds.\n"
@@ -213,50 +223,90 @@ def report(runs: list[dict[str, Any]], out: Path) -> str:
     return text
 
 
+def make_splits(a: argparse.Namespace) -> tuple[list, list]:
+    shuffle = a.option_order == "shuffled"
+    cell = a.patch if a.grid_objects else None
+    types = tuple(a.types)
+    train = make_split(a.train_size, 1000, a.frames, a.size, a.objects, shuffle, cell, types, a.refer)
+    test = make_split(a.test_size, 2000, a.frames, a.size, a.objects, shuffle, cell, types, a.refer)
+    return train, test
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def run_job(job: tuple[str, int, argparse.Namespace]) -> dict[str, Any]:
+    """One (setting, seed) run. Each process builds the splits once and keeps the encoded ones per setting."""
+    setting, seed, a = job
+    if "splits" not in _WORKER:
+        _PIXELS.clear()
+        if a.device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        _WORKER["splits"] = make_splits(a)
+        _WORKER["cache"] = {}
+    res = run_one(parse_setting(setting, a.num_tokens), *_WORKER["splits"], a, seed, torch.device(a.device),
+                  _WORKER["cache"].setdefault(setting, {}))
+    res["label"] = setting
+    return res
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llava-vqtoken motionqa", description=__doc__.splitlines()[0])
     p.add_argument("--compressors", nargs="+", default=DEFAULT_COMPRESSORS)
     p.add_argument("--num-tokens", type=int, default=32)
     p.add_argument("--steps", nargs="+", type=int, default=[1000, 3000], help="training budgets (evaluated at each)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--train-size", type=int, default=4000)
+    p.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES, help="question types to train and test")
+    p.add_argument("--train-size", type=int, default=16000)
     p.add_argument("--test-size", type=int, default=400)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--size", type=int, default=32)
     p.add_argument("--patch", type=int, default=8)
     p.add_argument("--vision-hidden", type=int, default=96)
-    p.add_argument("--text-hidden", type=int, default=128)
+    p.add_argument("--text-hidden", type=int, default=256)
     p.add_argument("--vision-layers", type=int, default=3)
-    p.add_argument("--text-layers", type=int, default=2)
+    p.add_argument("--text-layers", type=int, default=4)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=50, help="steps of linear learning-rate warm-up")
     p.add_argument("--objects", type=int, default=3, help="objects per clip (at least 2 move)")
     p.add_argument("--option-order", choices=["shuffled", "fixed"], default="fixed",
                    help="fixed: a letter always names the same answer for a question type")
     p.add_argument("--grid-objects", action=argparse.BooleanOptionalAction, default=True,
                    help="objects one patch in size, drawn on the patch grid")
+    p.add_argument("--refer", choices=REFER, default="order",
+                   help="identity and direction questions name their object by colour or by order of appearance")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs trained at once, each in its own process on --device (small models leave a GPU idle)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="runs/motionqa")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    shuffle = a.option_order == "shuffled"
-    cell = a.patch if a.grid_objects else None
-    train = make_split(a.train_size, 1000, a.frames, a.size, a.objects, shuffle, cell)
-    test = make_split(a.test_size, 2000, a.frames, a.size, a.objects, shuffle, cell)
-    if a.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    runs = []
-    _PIXELS.clear()
-    cache: dict[str, dict] = {s: {} for s in a.compressors}
-    jobs = [(s, seed) for seed in a.seeds for s in a.compressors]  # seed-major: a cut-short run covers every setting
-    for setting, seed in tqdm(jobs, desc="motionqa"):
-        res = run_one(parse_setting(setting, a.num_tokens), train, test, a, seed, torch.device(a.device),
-                      cache[setting])
-        res["label"] = setting
+    jobs = [(s, seed, a) for seed in a.seeds for s in a.compressors]  # seed-major: a cut-short run covers every setting
+    order = {(s, seed): i for i, (s, seed, _) in enumerate(jobs)}
+    runs: list[dict[str, Any]] = []
+
+    def keep(res: dict[str, Any]) -> None:
         runs.append(res)
+        runs.sort(key=lambda r: order[(r["label"], r["seed"])])
         (out / "results.json").write_text(json.dumps(runs, indent=1))
+
+    if a.workers > 1:
+        import multiprocessing as mp
+
+        threads = max(1, (os.cpu_count() or 1) // a.workers)
+        with mp.get_context("spawn").Pool(a.workers, _init_worker, (threads,)) as pool:
+            for res in tqdm(pool.imap_unordered(run_job, jobs), total=len(jobs), desc="motionqa"):
+                keep(res)
+    else:
+        _WORKER.clear()
+        for job in tqdm(jobs, desc="motionqa"):
+            keep(run_job(job))
     print(report(runs, out))
     return 0
 

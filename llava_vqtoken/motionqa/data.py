@@ -17,6 +17,7 @@ COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "
 SHAPES = ("square", "circle", "triangle", "cross")
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 TYPES = ("identity", "direction", "order", "count")
+REFER = ("color", "order")
 
 
 @dataclass
@@ -57,6 +58,9 @@ def make_episode(
         direction = rng.choice(list(DIRECTIONS)) if i < n_moving else None
         objs.append(Obj(color, rng.choice(SHAPES), direction, starts[i], rng.uniform(0.3, 0.7) * size,
                         rng.uniform(0.3, 0.7) * size))
+    first = min(range(objects), key=lambda i: objs[i].start)
+    if objs[first].direction is None:  # the object that appears first always moves
+        objs[first].start, objs[0].start = objs[0].start, objs[first].start
     rng.shuffle(objs)
     obj_size = cell or max(6, size // 6)
     speed = size * 0.4 / frames
@@ -76,21 +80,30 @@ def make_episode(
 
 
 def make_question(
-    rng: random.Random, objs: list[Obj], qtype: str, shuffle: bool = True
+    rng: random.Random, objs: list[Obj], qtype: str, shuffle: bool = True, refer: str = "color"
 ) -> tuple[str, list[str], int]:
     """(question, 4 options, index of the answer). Options are shuffled, or with ``shuffle=False`` in
     a fixed order (shapes, directions and colours in their table order, counts ascending), so that a
-    letter always names the same answer for a question type."""
+    letter always names the same answer for a question type.
+
+    ``refer``: how identity and direction questions name their object: by ``color`` (any object;
+    "the red object") or by ``order`` of appearance ("the object that appears first", which always
+    moves)."""
+    if refer not in REFER:
+        raise ValueError(f"refer must be one of {REFER}, got {refer!r}")
+    first = min(objs, key=lambda o: o.start)
     if qtype == "identity":
-        o = rng.choice(objs)
+        o = rng.choice(objs) if refer == "color" else first
         opts = [o.shape] + rng.sample([s for s in SHAPES if s != o.shape], 3)
         q = f"What shape is the {o.color} object?"
+        if refer == "order":
+            q = "What shape is the object that appears first?"
     elif qtype == "direction":
-        o = rng.choice([o for o in objs if o.direction])
+        o = rng.choice([o for o in objs if o.direction]) if refer == "color" else first
         opts = [o.direction] + [d for d in DIRECTIONS if d != o.direction]
-        q = f"Which way does the {o.color} {o.shape} move?"
+        q = (f"Which way does the {o.color} {o.shape} move?" if refer == "color"
+             else "Which way does the object that appears first move?")
     elif qtype == "order":
-        first = min(objs, key=lambda o: o.start)
         others = [o.color for o in objs if o is not first]
         pool = [c for c in COLORS if c != first.color and c not in others]
         opts = [first.color] + (others + pool)[:3]
@@ -114,14 +127,25 @@ def prompt_text(question: str, options: list[str]) -> str:
 
 
 def make_split(
-    n: int, seed: int, frames: int, size: int, objects: int = 3, shuffle_options: bool = True, cell: int | None = None
+    n: int,
+    seed: int,
+    frames: int,
+    size: int,
+    objects: int = 3,
+    shuffle_options: bool = True,
+    cell: int | None = None,
+    types: tuple[str, ...] = TYPES,
+    refer: str = "color",
 ):
-    """n samples: (video, question type, prompt, answer index), question types balanced."""
+    """n samples: (video, question type, prompt, answer index), the question ``types`` balanced."""
+    unknown = set(types) - set(TYPES)
+    if unknown or not types:
+        raise ValueError(f"question types must be a non-empty subset of {TYPES}, got {tuple(types)}")
     rng = random.Random(seed)
     out = []
     for i in range(n):
         video, objs = make_episode(rng, frames, size, objects, cell)
-        qtype = TYPES[i % len(TYPES)]
-        q, opts, ans = make_question(rng, objs, qtype, shuffle_options)
+        qtype = types[i % len(types)]
+        q, opts, ans = make_question(rng, objs, qtype, shuffle_options, refer)
         out.append((video, qtype, prompt_text(q, opts), ans))
     return out
