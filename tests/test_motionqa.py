@@ -3,6 +3,8 @@
 import json
 import random
 
+import pytest
+
 from llava_vqtoken.motionqa.bench import main, parse_setting
 from llava_vqtoken.motionqa.data import TYPES, make_episode, make_question, make_split
 
@@ -36,7 +38,7 @@ def test_reduced_run_on_cpu(tmp_path):
     rows = json.loads((tmp_path / "report.json").read_text())
     assert {(r["run"], r["steps"]) for r in rows} == {("vqtoken", 2), ("vqtoken", 4), ("pool", 2), ("pool", 4)}
     assert all(r["visual_tokens"] == 33 and 0 <= r["all"] <= 100 for r in rows)
-    assert (tmp_path / "accuracy_vs_tokens.png").exists()
+    assert (tmp_path / "accuracy_vs_tokens.png").exists() and (tmp_path / "accuracy_by_type.png").exists()
 
 
 def test_fixed_option_order_names_the_same_answer_with_the_same_letter():
@@ -72,3 +74,35 @@ def test_questions_can_name_the_object_by_order_of_appearance():
         assert "appears first" in q and opts[ans] == first.direction
         q, opts, ans = make_question(rng, objs, "identity", shuffle=False, refer="order")
         assert opts[ans] == first.shape
+
+
+def test_clear_motion_shows_the_first_objects_direction_in_its_two_solo_frames():
+    from llava_vqtoken.motionqa.data import COLORS, DIRECTIONS
+
+    rng = random.Random(4)
+    for _ in range(40):
+        video, objs = make_episode(rng, frames=8, size=32, objects=3, cell=8, clear_motion=True)
+        first = min(objs, key=lambda o: o.start)
+        s0 = first.start
+        assert all(o.start >= s0 + 2 for o in objs if o is not first)
+        cells = []
+        for t in (s0, s0 + 1):
+            ys, xs = (video[t] != 110).any(-1).nonzero()
+            assert (video[t][ys, xs] == COLORS[first.color]).all()  # it is alone
+            cells.append((ys.min() // 8, xs.min() // 8))
+        dy, dx = DIRECTIONS[first.direction]
+        assert (cells[1][0] - cells[0][0], cells[1][1] - cells[0][1]) == (dy, dx)  # one cell its way
+
+
+def test_parallel_workers_give_the_same_numbers_as_one_process(tmp_path):
+    common = ["--compressors", "vqtoken", "pool", "--steps", "3", "--seeds", "0", "--train-size", "16",
+              "--test-size", "8", "--frames", "4", "--size", "32", "--batch", "4", "--device", "cpu",
+              "--text-layers", "1", "--text-hidden", "64", "--clear-motion", "--refer", "color"]
+    assert main([*common, "--workers", "2", "--out", str(tmp_path / "par")]) == 0
+    assert main([*common, "--out", str(tmp_path / "seq")]) == 0
+    par, seq = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("par", "seq"))
+    assert [r["label"] for r in par] == [r["label"] for r in seq] == ["vqtoken", "pool"]  # job order, not finish order
+    for a, b in zip(par, seq):
+        assert a["by_steps"]["3"]["accuracy"] == b["by_steps"]["3"]["accuracy"]
+        # the workers run with fewer threads, so float sums may round differently
+        assert a["by_steps"]["3"]["last_loss"] == pytest.approx(b["by_steps"]["3"]["last_loss"], rel=1e-2)

@@ -218,6 +218,7 @@ def report(runs: list[dict[str, Any]], out: Path) -> str:
         fig.tight_layout()
         fig.savefig(out / "accuracy_vs_tokens.png", dpi=110)
         plt.close(fig)
+        plot_by_type(rows, types, out / "accuracy_by_type.png", plt)
     except ImportError:  # pragma: no cover
         pass
     return text
@@ -227,9 +228,8 @@ def make_splits(a: argparse.Namespace) -> tuple[list, list]:
     shuffle = a.option_order == "shuffled"
     cell = a.patch if a.grid_objects else None
     types = tuple(a.types)
-    train = make_split(a.train_size, 1000, a.frames, a.size, a.objects, shuffle, cell, types, a.refer)
-    test = make_split(a.test_size, 2000, a.frames, a.size, a.objects, shuffle, cell, types, a.refer)
-    return train, test
+    args = (a.frames, a.size, a.objects, shuffle, cell, types, a.refer, a.clear_motion)
+    return make_split(a.train_size, 1000, *args), make_split(a.test_size, 2000, *args)
 
 
 _WORKER: dict[str, Any] = {}
@@ -252,6 +252,32 @@ def run_job(job: tuple[str, int, argparse.Namespace]) -> dict[str, Any]:
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+
+
+def plot_by_type(rows: list[dict[str, Any]], types: list[str], path: Path, plt) -> None:
+    """Grouped bars: accuracy per question type for every run, one panel per training budget, with
+    the seed spread as error bars and chance as a dashed line."""
+    budgets = sorted({r["steps"] for r in rows})
+    labels = list(dict.fromkeys(r["run"] for r in rows))
+    fig, axes = plt.subplots(len(budgets), 1, figsize=(max(6, 0.9 * len(labels)), 2.8 * len(budgets)), squeeze=False)
+    width = 0.8 / len(types)
+    for ax, steps in zip(axes[:, 0], budgets):
+        by_run = {r["run"]: r for r in rows if r["steps"] == steps}
+        for j, t in enumerate(types):
+            xs = [i + (j - (len(types) - 1) / 2) * width for i, lab in enumerate(labels) if lab in by_run]
+            ys = [by_run[lab][t] for lab in labels if lab in by_run]
+            err = [by_run[lab][f"{t}_sd"] for lab in labels if lab in by_run]
+            ax.bar(xs, ys, width, yerr=err, capsize=2, label=t)
+        ax.axhline(25, ls="--", c="grey", lw=0.8)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel(f"accuracy (%)\n{steps} steps")
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels([f"{lab}\n({by_run[lab]['visual_tokens']} tok)" if lab in by_run else lab for lab in labels],
+                           fontsize=6, rotation=25, ha="right")
+    axes[0, 0].legend(fontsize=7, ncol=len(types), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="objects one patch in size, drawn on the patch grid")
     p.add_argument("--refer", choices=REFER, default="order",
                    help="identity and direction questions name their object by colour or by order of appearance")
+    p.add_argument("--clear-motion", action=argparse.BooleanOptionalAction, default=False,
+                   help="objects move one width per frame, with room to move; the first is alone for two frames")
     p.add_argument("--workers", type=int, default=1,
                    help="runs trained at once, each in its own process on --device (small models leave a GPU idle)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -43,13 +43,22 @@ def _mask(shape: str, size: int) -> np.ndarray:
 
 
 def make_episode(
-    rng: random.Random, frames: int = 16, size: int = 64, objects: int = 3, cell: int | None = None
+    rng: random.Random,
+    frames: int = 16,
+    size: int = 64,
+    objects: int = 3,
+    cell: int | None = None,
+    clear_motion: bool = False,
 ) -> tuple[np.ndarray, list[Obj]]:
     """One clip [T, size, size, 3] uint8 and its objects (distinct colours, at least 2 moving).
 
     With ``cell`` (the vision tower's patch size) every object is one patch drawn on the patch grid
     and moves by whole patches: what a token holds is then unambiguous, so the benchmark measures
-    what compression keeps rather than how fast a tower learns sub-patch shapes."""
+    what compression keeps rather than how fast a tower learns sub-patch shapes.
+
+    ``clear_motion``: a moving object moves one object width per frame and starts with room to move
+    along its direction, and the object that appears first is alone for its first two frames, so
+    its direction shows without tracking it among the others."""
     colors = rng.sample(list(COLORS), objects)
     objs = []
     n_moving = rng.randint(2, objects)
@@ -61,9 +70,22 @@ def make_episode(
     first = min(range(objects), key=lambda i: objs[i].start)
     if objs[first].direction is None:  # the object that appears first always moves
         objs[first].start, objs[0].start = objs[0].start, objs[first].start
-    rng.shuffle(objs)
     obj_size = cell or max(6, size // 6)
     speed = size * 0.4 / frames
+    if clear_motion:
+        speed = float(obj_size)
+        s0 = min(o.start for o in objs)
+        for o in objs:
+            if o.start != s0:
+                o.start = min(max(o.start, s0 + 2), frames - 1)
+            if o.direction:  # map the drawn position (0.3-0.7 of the field) to the side it moves away from
+                dy, dx = DIRECTIONS[o.direction]
+                for axis, step in (("y", dy), ("x", dx)):
+                    if step:
+                        frac = (getattr(o, axis) / size - 0.3) / 0.4
+                        setattr(o, axis, (size - obj_size) * (frac * 0.35 if step > 0 else 0.65 + frac * 0.35))
+            o.y, o.x = (float(obj_size * int(c / obj_size + 0.5)) for c in (o.y, o.x))  # whole steps
+    rng.shuffle(objs)
     video = np.full((frames, size, size, 3), 110, np.uint8)
     for t in range(frames):
         for o in objs:
@@ -136,6 +158,7 @@ def make_split(
     cell: int | None = None,
     types: tuple[str, ...] = TYPES,
     refer: str = "color",
+    clear_motion: bool = False,
 ):
     """n samples: (video, question type, prompt, answer index), the question ``types`` balanced."""
     unknown = set(types) - set(TYPES)
@@ -144,7 +167,7 @@ def make_split(
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        video, objs = make_episode(rng, frames, size, objects, cell)
+        video, objs = make_episode(rng, frames, size, objects, cell, clear_motion)
         qtype = types[i % len(types)]
         q, opts, ans = make_question(rng, objs, qtype, shuffle_options, refer)
         out.append((video, qtype, prompt_text(q, opts), ans))
