@@ -241,14 +241,17 @@ def test_deferred_nan_check():
     assert comp(feats(d=16), defer_checks=True)[0].verify().num_tokens == 8
 
 
-def test_batched_tome_merges_exactly_as_video_by_video():
-    from llava_vqtoken.core.baselines import tome_tokens
+@pytest.mark.parametrize("method", ["tome", "temporal_merge"])
+@pytest.mark.parametrize("budget", [20, 7])
+def test_batched_merges_are_exactly_video_by_video(method, budget):
+    from llava_vqtoken.core import baselines
 
-    videos = torch.randn(3, 4, 6, 6, 16, generator=torch.Generator().manual_seed(0))
-    batched = tome_tokens(videos, 20)
-    assert batched.shape == (3, 20, 16)
+    merge = baselines.tome_tokens if method == "tome" else baselines.temporal_merge_tokens
+    videos = torch.randn(3, 5, 6, 6, 16, generator=torch.Generator().manual_seed(0))
+    batched = merge(videos, budget)
+    assert batched.shape == (3, budget, 16)
     for i in range(3):
-        torch.testing.assert_close(batched[i], tome_tokens(videos[i], 20))
+        torch.testing.assert_close(batched[i], merge(videos[i], budget))
 
 
 def test_settings_parse_to_typed_fields_with_one_parser():

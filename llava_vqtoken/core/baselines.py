@@ -116,10 +116,14 @@ def tome_tokens(video: torch.Tensor, budget: int) -> torch.Tensor:
 
 
 def temporal_merge_tokens(video: torch.Tensor, budget: int) -> torch.Tensor:
-    """Merge frame 2j+1 into frame 2j, then pairs of pairs, ... while over budget; then ToMe."""
-    t, h, w, d = video.shape
-    groups = [video[i].reshape(1, h * w, d) for i in range(t)]
-    sizes = [torch.ones(1, h * w, device=video.device) for _ in range(t)]
+    """Merge frame 2j+1 into frame 2j, then pairs of pairs, ... while over budget; then ToMe.
+    ``video`` [T, H, W, D] -> [M, D], or a batch [B, T, H, W, D] -> [B, M, D] in one pass (every
+    video of a batch has the same merge schedule, so the merges are the same as video by video)."""
+    single = video.dim() == 4
+    v = video.unsqueeze(0) if single else video
+    b, t, h, w, d = v.shape
+    groups = [v[:, i].reshape(b, h * w, d) for i in range(t)]
+    sizes = [torch.ones(b, h * w, device=video.device) for _ in range(t)]
     while len(groups) > 1 and sum(g.shape[1] for g in groups) > budget:
         excess = sum(g.shape[1] for g in groups) - budget
         pairs = len(groups) // 2
@@ -137,4 +141,4 @@ def temporal_merge_tokens(video: torch.Tensor, budget: int) -> torch.Tensor:
         groups, sizes = new_g, new_s
     x, size = torch.cat(groups, 1), torch.cat(sizes, 1)
     x, _ = _tome_rounds(x, size, min(budget, x.shape[1]))
-    return x[0]
+    return x[0] if single else x

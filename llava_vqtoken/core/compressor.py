@@ -248,8 +248,9 @@ class BaselineCompressor(VideoCompressor):
         budget = cfg.num_tokens
         if cfg.name != "none" and budget is not None and budget > n:
             raise CompressionError(f"num_tokens={budget} exceeds the video's {n} tokens")
-        if cfg.name == "tome":  # one batched pass: Python overhead per video dominated training steps
-            return [CompressedVideo(tokens=tok, tokens_in=n) for tok in tome_tokens(features, budget)]
+        if cfg.name in ("tome", "temporal_merge"):  # one batched pass: per-video Python overhead dominated steps
+            merge = tome_tokens if cfg.name == "tome" else temporal_merge_tokens
+            return [CompressedVideo(tokens=tok, tokens_in=n) for tok in merge(features, budget)]
         out = []
         for i in range(b):
             v = features[i]
