@@ -124,11 +124,11 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None) 
     """Train one model from scratch on ``train`` and evaluate it on ``test`` at each budget.
     ``encoded`` caches the encoded splits between seeds of one setting."""
     model, proc = build(spec, args.size, args.patch, args.vision_hidden, args.text_hidden, seed,
-                        getattr(args, "vision_layers", 3), getattr(args, "text_layers", 2))
+                        args.vision_layers, args.text_layers)
     model.to(device).train()
     letters = torch.tensor([proc.tokenizer.convert_tokens_to_ids(c) for c in "ABCD"], device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    warmup = max(1, getattr(args, "warmup", 0))
+    warmup = max(1, args.warmup)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     gen = torch.Generator().manual_seed(seed)
     results: dict[str, Any] = {"spec": spec, "seed": seed, "by_steps": {}}

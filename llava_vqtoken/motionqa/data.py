@@ -117,9 +117,8 @@ def make_question(
     if qtype == "identity":
         o = rng.choice(objs) if refer == "color" else first
         opts = [o.shape] + rng.sample([s for s in SHAPES if s != o.shape], 3)
-        q = f"What shape is the {o.color} object?"
-        if refer == "order":
-            q = "What shape is the object that appears first?"
+        q = (f"What shape is the {o.color} object?" if refer == "color"
+             else "What shape is the object that appears first?")
     elif qtype == "direction":
         o = rng.choice([o for o in objs if o.direction]) if refer == "color" else first
         opts = [o.direction] + [d for d in DIRECTIONS if d != o.direction]
