@@ -106,3 +106,34 @@ def test_parallel_workers_give_the_same_numbers_as_one_process(tmp_path):
         assert a["by_steps"]["3"]["accuracy"] == b["by_steps"]["3"]["accuracy"]
         # the workers run with fewer threads, so float sums may round differently
         assert a["by_steps"]["3"]["last_loss"] == pytest.approx(b["by_steps"]["3"]["last_loss"], rel=1e-2)
+
+
+def test_curriculum_first_phase_samples_only_its_question_types(tmp_path):
+    from llava_vqtoken.motionqa.bench import curriculum_rows
+    from llava_vqtoken.motionqa.data import make_split
+
+    train = make_split(12, 0, 4, 32, cell=8, refer="order")
+    rows = curriculum_rows(train, ["direction"])
+    assert rows.tolist() == [i for i in range(12) if i % 4 == 1]  # types are balanced in TYPES order
+    with pytest.raises(ValueError, match="curriculum"):
+        curriculum_rows(make_split(4, 0, 4, 32, cell=8, types=("order",)), ["direction"])
+    assert main(["--compressors", "pool", "--steps", "2", "4", "--seeds", "0", "--train-size", "16",
+                 "--test-size", "8", "--frames", "4", "--size", "32", "--batch", "4", "--device", "cpu",
+                 "--text-layers", "1", "--text-hidden", "64", "--curriculum-steps", "2",
+                 "--out", str(tmp_path)]) == 0
+
+
+def test_report_pools_seeds_that_stopped_at_different_budgets_and_counts_learned_runs(tmp_path):
+    from llava_vqtoken.motionqa.bench import report
+
+    def run(seed, by_steps):
+        return {"label": "pool", "seed": seed, "visual_tokens": 33, "by_steps": {
+            str(b): {"accuracy": {"direction": d, "all": d}} for b, d in by_steps.items()}}
+
+    text = report([run(0, {1000: 50.0}), run(1, {1000: 100.0, 4000: 95.0}), run(2, {1000: 90.0, 4000: 25.0})],
+                  tmp_path)
+    rows = {r["steps"]: r for r in json.loads((tmp_path / "report.json").read_text())}
+    assert rows[1000]["seeds"] == 3 and rows[1000]["direction"] == pytest.approx(80.0)
+    assert rows[4000]["seeds"] == 2 and rows[4000]["direction"] == pytest.approx(60.0)
+    assert rows[1000]["learned"]["direction"] == 2 and rows[4000]["learned"]["direction"] == 1  # >= 90%
+    assert "| pool | 4000 | 33 | 2 | 60.0±35.0 (1/2) |" in text
