@@ -137,3 +137,9 @@ def test_report_pools_seeds_that_stopped_at_different_budgets_and_counts_learned
     assert rows[4000]["seeds"] == 2 and rows[4000]["direction"] == pytest.approx(60.0)
     assert rows[1000]["learned"]["direction"] == 2 and rows[4000]["learned"]["direction"] == 1  # >= 90%
     assert "| pool | 4000 | 33 | 2 | 60.0±35.0 (1/2) |" in text
+
+
+def test_a_curriculum_outside_the_trained_question_types_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--types", "order", "--curriculum-types", "direction", "--device", "cpu"])
+    assert "pass --curriculum-steps 0" in capsys.readouterr().err

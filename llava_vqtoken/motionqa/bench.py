@@ -341,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="runs/motionqa")
     a = p.parse_args(argv)
+    if a.curriculum_steps and not set(a.curriculum_types) & set(a.types):
+        p.error(f"--curriculum-types {' '.join(a.curriculum_types)} are not among --types {' '.join(a.types)}; "
+                "pass --curriculum-steps 0 to train without a curriculum")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(s, seed, a) for seed in a.seeds for s in a.compressors]  # seed-major: a cut-short run covers every setting
