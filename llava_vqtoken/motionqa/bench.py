@@ -4,7 +4,8 @@
 same total budget (``--num-tokens``, 32 by default) except ``none`` (the uncompressed ceiling). The
 vision tower is trained from scratch; the loss is 4-way cross-entropy over the option letters at the
 answer position. Accuracy per question type on a held-out split, for each seed and each training
-budget (``--steps``), goes to results.json, report.md, accuracy_vs_tokens.png and accuracy_by_type.png.
+budget (``--steps``), goes to results.json, report.md and three plots:
+accuracy_vs_tokens.png, accuracy_by_type.png and accuracy_vs_steps.png (learning curves).
 
 The defaults are the setting of docs/BENCHMARKS.md section 5: clear motion, objects named by order
 of appearance, 500 steps of direction questions first (``--curriculum-steps``), then the four-type
@@ -244,6 +245,7 @@ def report(runs: list[dict[str, Any]], out: Path) -> str:
         fig.savefig(out / "accuracy_vs_tokens.png", dpi=110)
         plt.close(fig)
         plot_by_type(rows, types, out / "accuracy_by_type.png", plt)
+        plot_by_steps(rows, types, out / "accuracy_vs_steps.png", plt)
     except ImportError:  # pragma: no cover
         pass
     return text
@@ -300,6 +302,33 @@ def plot_by_type(rows: list[dict[str, Any]], types: list[str], path: Path, plt) 
         ax.set_xticklabels([f"{lab}\n({by_run[lab]['visual_tokens']} tok)" if lab in by_run else lab for lab in labels],
                            fontsize=6, rotation=25, ha="right")
     axes[0, 0].legend(fontsize=7, ncol=len(types), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_by_steps(rows: list[dict[str, Any]], types: list[str], path: Path, plt) -> None:
+    """Learning curves: accuracy against training steps for every run, one panel per question type
+    and one for all types, with the seed spread as a band (sample efficiency at a glance)."""
+    panels = [*types, "all"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False, sharey=True)
+    labels = list(dict.fromkeys(r["run"] for r in rows))
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    for ax, t in zip(axes[0], panels):
+        for i, lab in enumerate(labels):
+            sub = sorted((r for r in rows if r["run"] == lab), key=lambda r: r["steps"])
+            xs, ys = [r["steps"] for r in sub], [r[t] for r in sub]
+            sd = [r[f"{t}_sd"] for r in sub]
+            style = "--" if lab == "none" else "-"
+            ax.plot(xs, ys, style, marker="o", ms=3, color=cmap(i), label=f"{lab} ({sub[0]['visual_tokens']} tok)")
+            ax.fill_between(xs, [y - e for y, e in zip(ys, sd)], [y + e for y, e in zip(ys, sd)], color=cmap(i),
+                            alpha=0.08)
+        ax.axhline(25, ls=":", c="grey", lw=0.8)
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("training steps")
+        ax.set_ylim(0, 105)
+    axes[0, 0].set_ylabel("accuracy (%)")
+    axes[0, -1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
