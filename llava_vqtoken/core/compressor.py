@@ -226,13 +226,13 @@ class VQTokenCompressor(VideoCompressor):
         centroids = centroids.gather(1, perm.unsqueeze(-1).expand(-1, -1, d))
         codebook, _ = codebook_means(x, labels, k, centroids, normalized=cfg.codebook == "normalized")
         key_map = key_map_grid(labels, frames, height, width)
-        attn_map = key_map
-        if cfg.hash == "random":
-            ks = active.sum(dim=1, keepdim=True)
-            r = torch.rand(b, n, device=x.device, generator=self._generator(x.device, 1))
-            attn_map = key_map_grid((r * ks).long(), frames, height, width)
         tokens = codebook
         if isinstance(self.attention, VQAttention) and cfg.apply_attention:
+            attn_map = key_map  # the random-hash ablation's key map is drawn only where attention reads it
+            if cfg.hash == "random":
+                ks = active.sum(dim=1, keepdim=True)
+                r = torch.rand(b, n, device=x.device, generator=self._generator(x.device, 1))
+                attn_map = key_map_grid((r * ks).long(), frames, height, width)
             gen = self._generator(x.device, 2) if cfg.attention == "random" else None
             tokens = self.attention(codebook, attn_map, active=active, generator=gen)
         return tokens, key_map, codebook, finite
