@@ -197,7 +197,7 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None) 
 def report(runs: list[dict[str, Any]], out: Path) -> str:
     rows = []
     types = [t for t in TYPES if any(t in b["accuracy"] for r in runs for b in r["by_steps"].values())]
-    labels = sorted({r["label"] for r in runs}, key=lambda x: [r["label"] for r in runs].index(x))
+    labels = list(dict.fromkeys(r["label"] for r in runs))  # order of first appearance
     for label in labels:
         mine = [r for r in runs if r["label"] == label]
         for budget in sorted({b for r in mine for b in r["by_steps"]}, key=int):  # runs may stop at different budgets
