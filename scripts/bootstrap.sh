@@ -10,6 +10,16 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
 fi
 echo "[bootstrap] setting up $VENV (first run takes a few minutes)" >&2
+# The venv takes about 7 GB (torch 2.14.1 is a CUDA build even when it runs on the CPU). Say so up front
+# rather than let pip fail half-way with "No space left on device".
+NEED_GB=${LLAVA_VQTOKEN_NEED_GB:-7}
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ ! -x "$VENV/bin/python" ] && [ "$free_kb" -lt $((NEED_GB * 1024 * 1024)) ]; then
+  echo "[bootstrap] error: $((free_kb / 1024)) MB free in $(pwd), the venv needs about ${NEED_GB} GB" \
+       "(set LLAVA_VQTOKEN_NEED_GB to override)" >&2
+  exit 1
+fi
+export PIP_NO_CACHE_DIR=1
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip setuptools wheel
