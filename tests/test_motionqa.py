@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from llava_vqtoken.motionqa.bench import main, parse_setting
 from llava_vqtoken.motionqa.data import TYPES, make_episode, make_question, make_split
@@ -144,3 +145,37 @@ def test_a_curriculum_outside_the_trained_question_types_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--types", "order", "--curriculum-types", "direction", "--device", "cpu"])
     assert "pass --curriculum-steps 0" in capsys.readouterr().err
+
+
+def test_curriculum_phases_run_in_turn_then_the_whole_split():
+    import argparse
+
+    from llava_vqtoken.motionqa.bench import batch_rows, curriculum_phases, curriculum_rows
+
+    train = make_split(40, 0, 4, 32, cell=8, refer="order")
+    a = argparse.Namespace(curriculum_steps=[3, 2], curriculum_types=[("direction",), ("direction", "identity")])
+    phases = curriculum_phases(a)
+    assert phases == [(3, ("direction",)), (2, ("direction", "identity"))]
+    ends, end = [], 0
+    for n, types in phases:
+        end += n
+        ends.append((end, curriculum_rows(train, types)))
+    gen = torch.Generator().manual_seed(0)
+    seen = [{train[i][1] for i in batch_rows(step, ends, len(train), 64, gen).tolist()} for step in range(6)]
+    assert seen[:3] == [{"direction"}] * 3
+    assert seen[3] == seen[4] == {"direction", "identity"}
+    assert seen[5] == set(TYPES)  # every phase over: the whole split
+    assert curriculum_phases(argparse.Namespace(curriculum_steps=[0], curriculum_types=[("direction",)])) == []
+
+
+def test_curriculum_flags_are_checked_in_one_line(capsys):
+    with pytest.raises(SystemExit):  # one steps value, two phases: the old one-phase-of-two-types spelling
+        main(["--curriculum-steps", "500", "--curriculum-types", "direction", "identity", "--device", "cpu"])
+    assert "one of each per phase" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--curriculum-types", "direction,speed", "--device", "cpu"])
+    assert "unknown question type" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--types", "order", "direction", "--curriculum-steps", "5", "5",
+              "--curriculum-types", "direction", "direction,count", "--device", "cpu"])
+    assert "direction,count is not among --types" in capsys.readouterr().err

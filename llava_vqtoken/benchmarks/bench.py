@@ -106,6 +106,11 @@ def bench_compressor(
         ("VQToken module adaptive 8..64 (compile)", lambda: vqa_c(x1), 1),
         ("VQToken module K=32, batch 8 (compile)", lambda: vq_c(x8), 8),
     ]
+    # the same-budget baselines of the motion-QA benchmark, as the modules a host builds (32 tokens per video)
+    for name in ("pool", "prune", "tome", "temporal_merge"):
+        base = vq_module(name=name, num_tokens=32)
+        rows += [(f"baseline {name} 32 tokens", lambda m=base: m(x1), 1),
+                 (f"baseline {name} 32 tokens, batch 8", lambda m=base: m(x8), 8)]
     if reference:
         rows += [
             ("reference fixed K=32 (sync per step)", lambda: reference_kmeans(flat1[0], 32), 1),

@@ -8,9 +8,9 @@ budget (``--steps``), goes to results.json, report.md and three plots:
 accuracy_vs_tokens.png, accuracy_by_type.png and accuracy_vs_steps.png (learning curves).
 
 The defaults are the setting of docs/BENCHMARKS.md section 5: clear motion, objects named by order
-of appearance, 500 steps of direction questions first (``--curriculum-steps``), then the four-type
-mix, evaluated at 1000 and 4000 steps. One seed of the ten default settings is one ~7-minute run on
-an H100 with ``--workers 10``.
+of appearance, 500 steps of direction questions first (``--curriculum-steps``/``--curriculum-types``,
+one value each per phase; several phases run in turn), then the four-type mix, evaluated at 1000 and
+4000 steps. One seed of the ten default settings is one ~7-minute run on an H100 with ``--workers 10``.
 """
 
 from __future__ import annotations
@@ -137,6 +137,30 @@ def curriculum_rows(train, types) -> torch.Tensor:
     return torch.tensor(rows)
 
 
+def curriculum_phases(args: argparse.Namespace) -> list[tuple[int, tuple[str, ...]]]:
+    """The curriculum as (steps, question types) per phase, in order; empty for ``--curriculum-steps 0``."""
+    steps = list(args.curriculum_steps)
+    groups = [tuple(g) if isinstance(g, (list, tuple)) else tuple(g.split(",")) for g in args.curriculum_types]
+    if not any(steps):
+        return []
+    if any(n < 0 for n in steps):
+        raise ValueError(f"--curriculum-steps must not be negative, got {steps}")
+    if len(steps) != len(groups):
+        raise ValueError(f"{len(steps)} --curriculum-steps value(s) for {len(groups)} --curriculum-types phase(s): "
+                         "give one of each per phase (a phase's types joined by commas, e.g. direction,identity)")
+    return [(n, g) for n, g in zip(steps, groups) if n]
+
+
+def batch_rows(step: int, phases: list[tuple[int, torch.Tensor]], n_train: int, batch: int,
+               gen: torch.Generator) -> torch.Tensor:
+    """Training rows for ``step``: drawn from the rows of the curriculum phase the step falls in
+    (``phases``: (end step, rows) in order), from the whole split once every phase is over."""
+    pool = next((rows for stop, rows in phases if step < stop), None)
+    if pool is None:
+        return torch.randint(n_train, (batch,), generator=gen)
+    return pool[torch.randint(len(pool), (batch,), generator=gen)]
+
+
 def run_one(spec, train, test, args, seed, device, encoded: dict | None = None) -> dict[str, Any]:
     """Train one model from scratch on ``train`` and evaluate it on ``test`` at each budget.
     ``encoded`` caches the encoded splits between seeds of one setting."""
@@ -158,14 +182,14 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None) 
             encoded[split]["pixel_values_videos"] = _PIXELS[key]
     tr, te = encoded["train"], encoded["test"]
     qtypes = [q for _, q, _, _ in test]
-    first = curriculum_rows(train, args.curriculum_types) if args.curriculum_steps else None
+    phases, end = [], 0  # (last step + 1, rows it samples) per curriculum phase; then the whole split
+    for n, types in curriculum_phases(args):
+        end += n
+        phases.append((end, curriculum_rows(train, types)))
     step, t0 = 0, time.perf_counter()
     for budget in sorted(args.steps):
         while step < budget:
-            if first is not None and step < args.curriculum_steps:
-                rows = first[torch.randint(len(first), (args.batch,), generator=gen)]
-            else:
-                rows = torch.randint(len(train), (args.batch,), generator=gen)
+            rows = batch_rows(step, phases, len(train), args.batch, gen)
             batch = take(tr, rows.to(device))
             loss = F.cross_entropy(option_logits(model, batch, letters, device), batch["answers"])
             opt.zero_grad(set_to_none=True)
@@ -274,6 +298,7 @@ def run_job(job: tuple[str, int, argparse.Namespace]) -> dict[str, Any]:
     res = run_one(parse_setting(setting, a.num_tokens), *_WORKER["splits"], a, seed, torch.device(a.device),
                   _WORKER["cache"].setdefault(setting, {}))
     res["label"] = setting
+    res["curriculum"] = [[n, list(types)] for n, types in curriculum_phases(a)]
     return res
 
 
@@ -334,6 +359,14 @@ def plot_by_steps(rows: list[dict[str, Any]], types: list[str], path: Path, plt)
     plt.close(fig)
 
 
+def _phase_types(value: str) -> tuple[str, ...]:
+    types = tuple(t for t in value.split(",") if t)
+    bad = [t for t in types if t not in TYPES]
+    if bad or not types:
+        raise argparse.ArgumentTypeError(f"unknown question type(s) {bad or value!r}; choose from {', '.join(TYPES)}")
+    return types
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llava-vqtoken motionqa", description=__doc__.splitlines()[0])
     p.add_argument("--compressors", nargs="+", default=DEFAULT_COMPRESSORS)
@@ -341,9 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", nargs="+", type=int, default=[1000, 4000], help="training budgets (evaluated at each)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES, help="question types to train and test")
-    p.add_argument("--curriculum-steps", type=int, default=500,
-                   help="train on --curriculum-types questions only for this many first steps, then on all --types")
-    p.add_argument("--curriculum-types", nargs="+", default=["direction"], choices=TYPES)
+    p.add_argument("--curriculum-steps", nargs="+", type=int, default=[500],
+                   help="steps of each curriculum phase (0: no curriculum); after the last phase, all --types")
+    p.add_argument("--curriculum-types", nargs="+", type=_phase_types, default=[("direction",)],
+                   help="question types of each phase, one value per phase, a phase's types joined by commas "
+                        "(e.g. --curriculum-steps 500 500 --curriculum-types direction direction,identity)")
     p.add_argument("--train-size", type=int, default=16000)
     p.add_argument("--test-size", type=int, default=400)
     p.add_argument("--frames", type=int, default=8)
@@ -370,9 +405,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="runs/motionqa")
     a = p.parse_args(argv)
-    if a.curriculum_steps and not set(a.curriculum_types) & set(a.types):
-        p.error(f"--curriculum-types {' '.join(a.curriculum_types)} are not among --types {' '.join(a.types)}; "
-                "pass --curriculum-steps 0 to train without a curriculum")
+    try:
+        phases = curriculum_phases(a)
+    except ValueError as e:
+        p.error(str(e))
+    for _, types in phases:
+        if not set(types) <= set(a.types):
+            p.error(f"--curriculum-types {','.join(types)} is not among --types {' '.join(a.types)}; "
+                    "pass --curriculum-steps 0 to train without a curriculum")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(s, seed, a) for seed in a.seeds for s in a.compressors]  # seed-major: a cut-short run covers every setting
