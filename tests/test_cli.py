@@ -102,3 +102,16 @@ def test_console_script_exit_code(tiny_model, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("llava-vqtoken: error: video not found")
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_compressor_times_vqtoken_and_the_same_budget_baselines_side_by_side(capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    code, _, err = run_cli(capsys, "bench", "--device", "cpu", "--parts", "compressor", "--frames", "2",
+                           "--grid", "6", "--width", "16", "--reps", "1", "--no-reference", "--out", str(out))
+    assert code == 0, err
+    timings = json.loads(out.read_text())["compressor"]["timings"]
+    for name in ("pool", "prune", "tome", "temporal_merge"):
+        assert timings[f"baseline {name} 32 tokens"]["ms"] > 0
+        batch = timings[f"baseline {name} 32 tokens, batch 8"]
+        assert batch["ms_per_video"] == pytest.approx(batch["ms"] / 8)
+    assert "VQToken module K=32 (+attention)" in timings
