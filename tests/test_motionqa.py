@@ -112,7 +112,6 @@ def test_parallel_workers_give_the_same_numbers_as_one_process(tmp_path):
 
 def test_curriculum_first_phase_samples_only_its_question_types(tmp_path):
     from llava_vqtoken.motionqa.bench import curriculum_rows
-    from llava_vqtoken.motionqa.data import make_split
 
     train = make_split(12, 0, 4, 32, cell=8, refer="order")
     rows = curriculum_rows(train, ["direction"])
@@ -150,16 +149,13 @@ def test_a_curriculum_outside_the_trained_question_types_is_refused(capsys):
 def test_curriculum_phases_run_in_turn_then_the_whole_split():
     import argparse
 
-    from llava_vqtoken.motionqa.bench import batch_rows, curriculum_phases, curriculum_rows
+    from llava_vqtoken.motionqa.bench import batch_rows, curriculum_phases, curriculum_schedule
 
     train = make_split(40, 0, 4, 32, cell=8, refer="order")
     a = argparse.Namespace(curriculum_steps=[3, 2], curriculum_types=[("direction",), ("direction", "identity")])
-    phases = curriculum_phases(a)
-    assert phases == [(3, ("direction",)), (2, ("direction", "identity"))]
-    ends, end = [], 0
-    for n, types in phases:
-        end += n
-        ends.append((end, curriculum_rows(train, types)))
+    assert curriculum_phases(a) == [(3, ("direction",)), (2, ("direction", "identity"))]
+    ends = curriculum_schedule(train, a)
+    assert [end for end, _ in ends] == [3, 5]
     gen = torch.Generator().manual_seed(0)
     seen = [{train[i][1] for i in batch_rows(step, ends, len(train), 64, gen).tolist()} for step in range(6)]
     assert seen[:3] == [{"direction"}] * 3

@@ -130,7 +130,7 @@ def option_logits(model, batch, letter_ids: torch.Tensor, device) -> torch.Tenso
 
 
 def curriculum_rows(train, types) -> torch.Tensor:
-    """Rows of ``train`` whose question type is in ``types`` (what the curriculum's first phase samples)."""
+    """Rows of ``train`` whose question type is in ``types`` (what one curriculum phase samples)."""
     rows = [i for i, (_, qtype, _, _) in enumerate(train) if qtype in types]
     if not rows:
         raise ValueError(f"the curriculum's question types {list(types)} are not in the training split")
@@ -140,7 +140,7 @@ def curriculum_rows(train, types) -> torch.Tensor:
 def curriculum_phases(args: argparse.Namespace) -> list[tuple[int, tuple[str, ...]]]:
     """The curriculum as (steps, question types) per phase, in order; empty for ``--curriculum-steps 0``."""
     steps = list(args.curriculum_steps)
-    groups = [tuple(g) if isinstance(g, (list, tuple)) else tuple(g.split(",")) for g in args.curriculum_types]
+    groups = [_phase_types(g) if isinstance(g, str) else tuple(g) for g in args.curriculum_types]
     if not any(steps):
         return []
     if any(n < 0 for n in steps):
@@ -149,6 +149,15 @@ def curriculum_phases(args: argparse.Namespace) -> list[tuple[int, tuple[str, ..
         raise ValueError(f"{len(steps)} --curriculum-steps value(s) for {len(groups)} --curriculum-types phase(s): "
                          "give one of each per phase (a phase's types joined by commas, e.g. direction,identity)")
     return [(n, g) for n, g in zip(steps, groups) if n]
+
+
+def curriculum_schedule(train, args: argparse.Namespace) -> list[tuple[int, torch.Tensor]]:
+    """Per curriculum phase, in order: (the step it ends before, the rows of ``train`` it samples)."""
+    schedule, end = [], 0
+    for n, types in curriculum_phases(args):
+        end += n
+        schedule.append((end, curriculum_rows(train, types)))
+    return schedule
 
 
 def batch_rows(step: int, phases: list[tuple[int, torch.Tensor]], n_train: int, batch: int,
@@ -182,10 +191,7 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None) 
             encoded[split]["pixel_values_videos"] = _PIXELS[key]
     tr, te = encoded["train"], encoded["test"]
     qtypes = [q for _, q, _, _ in test]
-    phases, end = [], 0  # (last step + 1, rows it samples) per curriculum phase; then the whole split
-    for n, types in curriculum_phases(args):
-        end += n
-        phases.append((end, curriculum_rows(train, types)))
+    phases = curriculum_schedule(train, args)
     step, t0 = 0, time.perf_counter()
     for budget in sorted(args.steps):
         while step < budget:
