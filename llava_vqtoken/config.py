@@ -94,6 +94,7 @@ class CompressorConfig:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"compressor config: {name}={getattr(self, name)!r} {why}")
 
+        self._check_types()
         if self.name not in COMPRESSORS:
             raise bad("name", f"is not one of {', '.join(COMPRESSORS)}")
         if self.adaptive not in ADAPTIVE:
@@ -122,6 +123,18 @@ class CompressorConfig:
         if self.heads < 1:
             raise bad("heads", "must be >= 1")
 
+    def _check_types(self) -> None:
+        """Every field has its declared type (a bool is not an int: ``num_tokens=True`` is not K=1)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind, nullable = _field_kind(f.type)
+            if value is None and nullable:
+                continue
+            ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in kind)
+            if not ok:
+                names = " or ".join(k.__name__ for k in kind) + (" or null" if nullable else "")
+                raise ConfigError(f"compressor config: {f.name}={value!r} must be {names}, not {type(value).__name__}")
+
     # ------------------------------------------------------------------ round trips
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -130,11 +143,15 @@ class CompressorConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | CompressorConfig | None) -> CompressorConfig:
+    def from_dict(cls, d: dict[str, Any] | CompressorConfig | str | None) -> CompressorConfig:
         if d is None:
             return cls()
         if isinstance(d, CompressorConfig):
             return d
+        if isinstance(d, str):  # a JSON object given as text (a command line, a config file)
+            d = _parse_json_spec(d)
+        if not isinstance(d, dict):
+            raise ConfigError(f"compressor config must be a JSON object of fields, not {type(d).__name__}: {d!r}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -191,6 +208,29 @@ class CompressorConfig:
         return cls(**base)
 
 
+#: declared field type (as written in the class) -> accepted Python types
+_KINDS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+
+
+def _field_kind(annotation: Any) -> tuple[tuple[type, ...], bool]:
+    """(accepted types, nullable) of a field from its annotation string, e.g. ``"int | None"``."""
+    parts = [p.strip() for p in str(annotation).split("|")]
+    nullable = "None" in parts
+    base = next(p for p in parts if p != "None")
+    return _KINDS.get(base, (dict,)), nullable
+
+
+def _parse_json_spec(text: str) -> dict[str, Any]:
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"compressor config: {text!r} is not a JSON object of fields ({e.msg})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"compressor config: {text!r} is not a JSON object of fields")
+    return d
+
+
 _DEFAULTS = CompressorConfig()
 _NULLABLE = ("num_tokens", "adaptive")
 _BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
