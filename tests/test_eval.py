@@ -41,8 +41,9 @@ def _fake_run(d, acc, tokens, seconds, task="t"):
     d.mkdir(parents=True)
     (d / "x_results.json").write_text(json.dumps({"results": {task: {"alias": task, "accuracy,none": acc}}}))
     (d / "stats.jsonl").write_text("\n".join(
-        json.dumps({"task": task, "doc_id": i, "visual_tokens": n, "seconds": s, "frames": 32,
+        json.dumps({"task": task, "doc_id": i, "visual_tokens": n, "seconds": s, "frames": 32, "input_tokens": 23328,
                     "compressor": {"name": "vqtoken"}}) for i, (n, s) in enumerate(zip(tokens, seconds))))
+    (d / f"x_samples_{task}.jsonl").write_text("{}\n")
 
 
 def test_report_arithmetic(tmp_path):
@@ -51,12 +52,12 @@ def test_report_arithmetic(tmp_path):
     assert row["accuracy"] == pytest.approx(57.72)
     assert row["visual_tokens"] == pytest.approx(13.08)
     assert row["tokdense"] == pytest.approx(57.72 / 13.08)
-    assert row["ratio_vs_23328"] == pytest.approx(13.08 / 23328)
+    assert row["ratio"] == pytest.approx(13.08 / 23328)
     assert row["seconds_per_sample"] == pytest.approx(0.2)
     _fake_run(tmp_path / "pool", 0.572, [6273] * 2, [0.5, 0.5])
     assert report_main([str(tmp_path)]) == 0
     assert (tmp_path / "accuracy_vs_tokens.png").exists()
-    rows = json.loads((tmp_path / "report.json").read_text())
+    rows = json.loads((tmp_path / "report.json").read_text())["rows"]
     assert {r["run"] for r in rows} == {"vq", "pool"}
     (tmp_path / "broken").mkdir()
     assert report_main([str(tmp_path)]) == 1  # a run without results fails the report
@@ -66,16 +67,26 @@ def test_real_lmms_eval_cli_offline(tiny_model, tmp_path, capsys):
     rc = run_main(["--model", str(tiny_model), "--compressors", "vqtoken:num_tokens=16", "pool:num_tokens=16",
                    "--frames", "4", "--samples", "2", "--out", str(tmp_path), "--device", "cpu"])
     assert rc == 0, (tmp_path / "pool-num_tokens=16" / "lmms_eval.log").read_text()[-3000:]
-    rows = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())
+    rows = report["rows"]
     assert [r["run"] for r in rows] == ["vqtoken-num_tokens=16", "pool-num_tokens=16"]
     assert all(r["samples"] == 2 and r["visual_tokens"] == 17 for r in rows)  # 16 + newline, exactly
+    assert all(r["input_tokens"] == 4 * 729 and r["ratio"] == 17 / 2916 for r in rows)  # 4 frames x 27 x 27
+    assert report["random_weights"] is True and all(r["random_weights"] for r in rows)  # the tiny random model
+    assert all(r["chance"] == 25.0 for r in rows)
+    for r in rows:  # the predictions are saved, one line per sample, where the report says
+        assert len((tmp_path / r["predictions"]).read_text().splitlines()) == 2
+    assert "RANDOM WEIGHTS" in (tmp_path / "report.md").read_text()
     assert 0.0 <= rows[0]["accuracy"] <= 100.0
 
 
-def test_failed_evaluation_gives_nonzero_exit(tiny_model, tmp_path):
+def test_failed_evaluation_gives_nonzero_exit(tiny_model, tmp_path, capsys):
     rc = run_main(["--model", str(tiny_model), "--compressors", "vqtoken:num_tokens=100000", "--frames", "2",
                    "--samples", "1", "--out", str(tmp_path), "--device", "cpu"])
     assert rc == 1
+    err = capsys.readouterr().err
+    # the exception line of lmms-eval's log, not only "wrote no results file"
+    assert "[vqtoken-num_tokens=100000] failed: " in err and "100000" in err.split("failed: ")[1].splitlines()[0]
 
 
 def test_llava_next_model_is_registered_and_maps_model_args():

@@ -13,10 +13,22 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
+from ..config import ConfigError
+from .report import last_error_line
 from .report import main as report_main
 from .tasks import TASK, make_motion_task
+
+#: runs one lmms-eval command with its output going to the log; returns the exit status
+Launcher = Callable[[list[str], dict[str, str], IO[str]], int]
+
+
+def launch_subprocess(cmd: list[str], env: dict[str, str], log: IO[str]) -> int:
+    return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+
 
 DEFAULT_SWEEP = [
     "vqtoken:num_tokens=32",
@@ -64,52 +76,116 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = parse(argv)
-    import torch
+class UsageError(ValueError):
+    """A flag or setting eval.sh refuses before launching anything."""
 
+
+def parse_model_args(text: str, what: str) -> dict[str, object]:
+    """model_args as lmms-eval's CLI parses them (its own parser), or UsageError naming ``what``."""
+    from lmms_eval.utils import simple_parse_args_string
+
+    try:
+        return simple_parse_args_string(text)
+    except ValueError:
+        bad = next((kv for kv in text.split(",") if "=" not in kv), text)
+        raise UsageError(f"{what}: {bad!r} is not key=value") from None
+
+
+def check_settings(a: argparse.Namespace, sweep: list[str]) -> None:
+    """Every flag and every --compressors setting as the plugin will read it; UsageError on the first bad one."""
+    from ..hosts.lmms_plugin import check_model_args
+
+    for flag, value in (("--frames", a.frames), ("--batch-size", a.batch_size), ("--gpus", a.gpus),
+                        ("--samples", a.samples)):
+        if value < 1:
+            raise UsageError(f"{flag} {value} must be >= 1")
+    if a.limit is not None and a.limit <= 0:
+        raise UsageError(f"--limit {a.limit:g} must be > 0")
+    host = "hf" if a.host == "hf" else "llava-next"
+    try:
+        check_model_args(host, parse_model_args(a.model_args, "--model-args"))
+    except ConfigError as e:
+        raise UsageError(f"--model-args {a.model_args!r}: {e}") from None
+    seen: dict[str, str] = {}
+    for setting in sweep:
+        label = label_of(setting)
+        if label in seen:
+            raise UsageError(f"--compressors {setting!r} is given twice (as {seen[label]!r}: same run folder {label})")
+        seen[label] = setting
+        what = f"bad --compressors setting {setting!r}"
+        try:
+            args = parse_model_args(model_args(setting, a.model, a.frames, Path("stats.jsonl"), a.model_args), what)
+            check_model_args(host, args)
+        except ConfigError as e:
+            raise UsageError(f"{what}: {e}") from None
+
+
+def lmms_eval_command(a: argparse.Namespace, setting: str, run_dir: Path, tasks: str, include: str | None,
+                      device: str) -> list[str]:
+    launcher = [sys.executable, "-m"] if a.gpus <= 1 else [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(a.gpus), "-m"]
+    cmd = launcher + [
+        "lmms_eval", "--model", "vqtoken_hf" if a.host == "hf" else "vqtoken_llava_next",
+        "--model_args", model_args(setting, a.model, a.frames, run_dir / "stats.jsonl", a.model_args),
+        "--tasks", tasks, "--batch_size", str(a.batch_size), "--output_path", str(run_dir),
+        "--device", device, "--verbosity", "WARNING", "--log_samples",
+    ]
+    if include:
+        cmd += ["--include_path", include]
+    if a.limit is not None:
+        cmd += ["--limit", str(a.limit)]
+    return cmd
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """No file of an earlier run may be read as this run's: stats, results and predictions go."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "stats.jsonl").unlink(missing_ok=True)
+    for old in [*run_dir.rglob("*results*.json"), *run_dir.rglob("*_samples_*.jsonl")]:
+        old.unlink()
+
+
+def run_one(label: str, cmd: list[str], run_dir: Path, env: dict[str, str], launch: Launcher) -> None:
+    print(f"eval.sh: [{label}] {' '.join(cmd)}", file=sys.stderr)
+    log_path = run_dir / "lmms_eval.log"
+    with open(log_path, "w") as log:
+        rc = launch(cmd, env, log)
+    if rc == 0 and any(run_dir.rglob("*results*.json")):
+        return
+    why = last_error_line(log_path.read_text(errors="replace")) or "no error line in the log"
+    status = f"lmms-eval exited with {rc}" if rc else "lmms-eval wrote no results"
+    print(f"eval.sh: [{label}] failed: {why} ({status}; log: {log_path})", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None, launch: Launcher = launch_subprocess) -> int:
+    a = parse(argv)
     if a.host == "llava-next" and not a.model:
         print("eval.sh: error: --host llava-next needs --model (a llava_qwen checkpoint directory)", file=sys.stderr)
         return 2
+    sweep = a.compressors or DEFAULT_SWEEP
+    try:
+        check_settings(a, sweep)
+    except UsageError as e:
+        print(f"eval.sh: error: {e}", file=sys.stderr)
+        return 2
+    import torch
 
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    include = a.include_path
-    tasks = a.tasks
+    include, tasks = a.include_path, a.tasks
     if not tasks:
         include = str(make_motion_task(out / "task", n=a.samples))
         tasks = TASK
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         print(f"eval.sh: no --tasks: generated the offline task {TASK} in {include}", file=sys.stderr)
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    sweep = a.compressors or DEFAULT_SWEEP
     labels = []
     for setting in sweep:
         label = label_of(setting)
         run_dir = out / label
-        run_dir.mkdir(parents=True, exist_ok=True)
-        stats = run_dir / "stats.jsonl"
-        stats.unlink(missing_ok=True)
-        for old in run_dir.rglob("*results*.json"):
-            old.unlink()
-        launcher = [sys.executable, "-m"] if a.gpus <= 1 else [
-            sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(a.gpus), "-m"]
-        cmd = launcher + [
-            "lmms_eval", "--model", "vqtoken_hf" if a.host == "hf" else "vqtoken_llava_next",
-            "--model_args", model_args(setting, a.model, a.frames, stats, a.model_args),
-            "--tasks", tasks, "--batch_size", str(a.batch_size), "--output_path", str(run_dir),
-            "--device", device, "--verbosity", "WARNING",
-        ]
-        if include:
-            cmd += ["--include_path", include]
-        if a.limit is not None:
-            cmd += ["--limit", str(a.limit)]
-        print(f"eval.sh: [{label}] {' '.join(cmd)}", file=sys.stderr)
-        with open(run_dir / "lmms_eval.log", "w") as log:
-            rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-        if rc != 0:
-            print(f"eval.sh: [{label}] lmms-eval exited with {rc}; see {run_dir / 'lmms_eval.log'}", file=sys.stderr)
+        clear_run_dir(run_dir)
+        run_one(label, lmms_eval_command(a, setting, run_dir, tasks, include, device), run_dir, env, launch)
         labels.append(label)
     # lmms-eval can exit 0 after a failed evaluation: the report checks that every run produced results
     return report_main([str(out), "--runs", *labels])

@@ -10,18 +10,28 @@ Per-sample visual-token counts and timings go to ``stats_file`` (JSON lines) for
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import CompressorConfig, ConfigError
+from ..spec_rule import resolve_spec
 
 #: lmms-eval `vqtoken` wrapper's model_args -> ours
 ALIASES = {"vqtoken_min_clusters": "min_codes", "vqtoken_max_clusters": "max_codes", "max_frames_num": "frames"}
+#: compressor fields that model_args may set (the method itself is ``compressor=NAME``)
+SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(CompressorConfig) if f.name not in ("name", "extra"))
+#: vqtoken_hf's ``dtype`` model_arg -> torch dtype (None: bfloat16 on CUDA, float32 on CPU)
+DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+#: model_args of lmms-eval's wrappers that vqtoken_hf accepts and ignores (its chat template is the processor's)
+IGNORED_HF_ARGS = ("conv_template", "model_name")
+#: model_args that must be positive integers
+POSITIVE_INT_ARGS = ("frames", "max_frames_num", "batch_size", "max_new_tokens")
 
 
 def manifests():
@@ -44,6 +54,12 @@ def manifests():
 
 def compressor_from_model_args(args: dict[str, Any]) -> tuple[CompressorConfig | None, dict[str, Any]]:
     """Split lmms-eval model_args into a compressor spec (or None: keep the checkpoint's) and the rest."""
+    spec, rest = spec_fields_from_model_args(args)
+    return (CompressorConfig.from_dict(spec) if spec else None), rest
+
+
+def spec_fields_from_model_args(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split lmms-eval model_args into the compressor fields they set (typed) and the rest."""
     args = {ALIASES.get(k, k): v for k, v in args.items()}
     spec: dict[str, Any] = {}
     method = args.pop("vqtoken_selection_method", None)
@@ -55,12 +71,57 @@ def compressor_from_model_args(args: dict[str, Any]) -> tuple[CompressorConfig |
             spec["num_tokens"] = int(args["max_codes"])  # the wrapper's fixed K is its max_clusters
     if "compressor" in args:
         spec["name"] = args.pop("compressor")
-    for key in ("num_tokens", "min_codes", "max_codes", "seed", "iters", "adaptive", "attention", "hash", "codebook"):
+    for key in SPEC_FIELDS:
         if key in args:
             spec[key] = CompressorConfig.parse_field(key, str(args.pop(key)))
     if spec.get("adaptive"):
         spec.setdefault("num_tokens", None)
-    return (CompressorConfig.from_dict(spec) if spec else None), args
+    return spec, args
+
+
+def split_hf_model_args(model_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """vqtoken_hf's model_args beyond its named ones -> (the compressor fields they set, ``{"frames": N}``
+    if given); ConfigError naming any key it does not know or a bad field value."""
+    spec, rest = spec_fields_from_model_args(model_args)
+    resolve_spec(None, spec)  # the values alone are valid (a checkpoint's saved spec is checked at load)
+    for key in IGNORED_HF_ARGS:
+        rest.pop(key, None)
+    unknown = sorted(set(rest) - {"frames"})
+    if unknown:
+        raise ConfigError(f"vqtoken_hf: unknown model_args: {', '.join(unknown)}")
+    return spec, rest
+
+
+def check_model_args(host: str, args: dict[str, Any]) -> None:
+    """Raise ConfigError naming what the host's lmms-eval model would refuse in these model_args (as
+    lmms-eval parses them), without loading anything: eval.sh checks every setting before it launches."""
+    from .lmms_llava_next import VQTokenLlavaNext, overwrite_for
+
+    cls = VQTokenHF if host == "hf" else VQTokenLlavaNext
+    for key in POSITIVE_INT_ARGS:
+        if key in args and not (str(args[key]).isdigit() and int(str(args[key])) > 0):
+            raise ConfigError(f"{cls.plugin_name}: {key}={args[key]!r} must be a positive integer")
+    named = set(inspect.signature(cls.__init__).parameters) - {"self", "model_args"}
+    rest = {k: v for k, v in args.items() if k not in named}
+    if host == "hf":
+        if "dtype" in args and args["dtype"] not in DTYPES:
+            raise ConfigError(f"vqtoken_hf: dtype={args['dtype']!r} is not one of {', '.join(DTYPES)}")
+        split_hf_model_args(rest)
+        return
+    _, left = overwrite_for(rest)
+    left.pop("max_frames_num", None)
+    if left:
+        raise ConfigError(f"vqtoken_llava_next: unknown model_args: {', '.join(sorted(left))}")
+
+
+def parse_bool(name: str, value: bool | str) -> bool:
+    """A boolean model_arg (lmms-eval passes strings)."""
+    if isinstance(value, bool):
+        return value
+    words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+    if str(value).lower() not in words:
+        raise ConfigError(f"{name}={value!r} is not a boolean (true or false)")
+    return words[str(value).lower()]
 
 
 def _lmms_base():
@@ -76,6 +137,7 @@ class VideoLmms(_lmms_base()):
     is_simple = True
     plugin_name = "vqtoken"
     stats_file: str | None = None
+    random_weights: bool | None = None
 
     def _setup_device(self, device: str) -> torch.device:
         """Data parallelism through accelerate: this process's rank, world size and device (CPU when
@@ -105,11 +167,16 @@ class VideoLmms(_lmms_base()):
     def generate_until_multi_round(self, requests):
         raise NotImplementedError(f"{self.plugin_name}: multi-round generation is not supported")
 
-    def log_stats(self, task: str, doc_id: int, tokens: int, seconds: float, frames: int, spec: CompressorConfig):
+    def log_stats(
+        self, task: str, doc_id: int, tokens: int, seconds: float, frames: int, spec: CompressorConfig,
+        input_tokens: int | None = None,
+    ) -> None:
+        """One JSON line per sample: visual tokens fed to the LLM, the input tokens the compressor got
+        (frames x grid; None where the host does not say), whether the weights are random (None: not checked)."""
         if not self.stats_file:
             return
         rec = {"task": task, "doc_id": doc_id, "visual_tokens": int(tokens), "seconds": seconds, "frames": frames,
-               "compressor": spec.to_dict()}
+               "input_tokens": input_tokens, "random_weights": self.random_weights, "compressor": spec.to_dict()}
         with open(self.stats_file, "a") as f:
             f.write(json.dumps(rec) + "\n")
 
@@ -127,36 +194,24 @@ class VQTokenHF(VideoLmms):
         max_new_tokens: int | str = 32,
         stats_file: str | None = None,
         attn_implementation: str | None = None,
+        override_spec: bool | str = False,
         **model_args: Any,
     ) -> None:
         super().__init__()
-        from transformers import AutoProcessor
+        from .hf.load import load_model
+        from .hf.tiny import build_tiny_llava_onevision, is_random
 
-        from .hf import VQTokenLlavaOnevisionForConditionalGeneration, VQTokenLlavaOnevisionProcessor
-        from .hf.tiny import build_tiny_llava_onevision
-
-        spec, rest = compressor_from_model_args(model_args)
-        frames = int(rest.pop("frames", frames))
-        rest.pop("conv_template", None)  # accepted for command compatibility; chat templates come from the processor
-        rest.pop("model_name", None)
-        if rest:
-            raise ConfigError(f"vqtoken_hf: unknown model_args: {', '.join(sorted(rest))}")
+        spec, rest = split_hf_model_args(model_args)
+        frames = int(rest.get("frames", frames))
         self._device = self._setup_device(device)
-        torch_dtype = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16,
-                       "float32": torch.float32}[dtype]
+        torch_dtype = DTYPES[dtype]
         if torch_dtype is None:
             torch_dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
         path = pretrained or str(build_tiny_llava_onevision())
-        cfg = json.loads((Path(path) / "config.json").read_text()) if Path(path).is_dir() else {}
-        if cfg.get("model_type") != "vqtoken_llava_onevision" and spec is None:
-            spec = CompressorConfig(num_tokens=32)
-        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        self.model = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(
-            path, video_compressor=None if spec is None else spec.to_dict(), dtype=torch_dtype, **kwargs
-        ).to(self._device).eval()
-        proc = AutoProcessor.from_pretrained(path)
-        if not isinstance(proc, VQTokenLlavaOnevisionProcessor) or spec is not None:
-            proc = VQTokenLlavaOnevisionProcessor.from_stock(proc, self.model.config)
+        loaded = load_model(path, spec, parse_bool("override_spec", override_spec), dtype=torch_dtype,
+                            attn_implementation=attn_implementation)
+        self.model = loaded.model.to(self._device).eval()
+        proc = loaded.processor
         proc.tokenizer.padding_side = "left"
         self.processor = proc
         self.frames = frames
@@ -164,6 +219,12 @@ class VQTokenHF(VideoLmms):
         self.max_new_tokens = int(max_new_tokens)
         self.stats_file = stats_file or os.environ.get("LLAVA_VQTOKEN_STATS")
         self.spec = self.model.config.compressor
+        self.random_weights = pretrained is None or is_random(pretrained)
+
+    def _grid_tokens(self) -> int:
+        """Post-projector tokens per frame before any compression (27 x 27 = 729 at 384 px, patch 14)."""
+        vision = self.model.config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2
 
     def generate_until(self, requests) -> list[str]:
         from tqdm import tqdm
@@ -201,10 +262,11 @@ class VQTokenHF(VideoLmms):
             new_ids = ids[:, inputs["input_ids"].shape[1] :]
             texts = self.processor.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
             secs = (time.perf_counter() - t0) / len(chunk)
-            for req, text, until, n in zip(chunk, texts, untils, counts):
+            for req, text, until, n, video in zip(chunk, texts, untils, counts, videos):
                 for stop in until:
                     if stop:
                         text = text.split(stop)[0]
                 out.append(text)
-                self.log_stats(req.args[4], req.args[3], n, secs, self.frames, self.spec)
+                self.log_stats(req.args[4], req.args[3], n, secs, self.frames, self.spec,
+                               input_tokens=len(video) * self._grid_tokens())
         return out
