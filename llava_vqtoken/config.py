@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 COMPRESSORS = ("vqtoken", "pool", "uniform", "prune", "tome", "temporal_merge", "random", "none")
-ADAPTIVE = (None, "elbow", "silhouette")
+ADAPTIVE = (None, "elbow", "silhouette", "elbow_released")
 ATTENTION = ("paper", "none", "random", "released")
 HASH = ("kmeans", "random")
 CODEBOOK = ("raw", "normalized")
@@ -39,7 +39,10 @@ class CompressorConfig:
         ``temporal_merge``, ``random``, ``none``).
     num_tokens: token budget for the whole video (K codes for fixed-length VQToken). ``None`` for
         ``pool`` means LLaVA-OneVision's stock 2x bilinear pooling; ignored by ``none``.
-    adaptive: ``None`` (fixed K), ``"elbow"`` or ``"silhouette"`` (K per video in [min_codes, max_codes]).
+    adaptive: ``None`` (fixed K), ``"elbow"`` or ``"silhouette"`` (K per video in [min_codes, max_codes]);
+        ``"elbow_released"`` is the authors' release's rule, K = max(j + 4, min_codes) with j the argmax
+        of the second differences over min_codes..max_codes (off by two, K <= 22 over 12..32), which
+        the released checkpoint was trained and evaluated with; ``released()`` uses it.
     attention: ``paper`` (VQ-Attention as in the paper: Q, K from the codebook, V from the key map's
         footprint), ``none`` (codebook only), ``random`` (random attention weights, ablation),
         ``released`` (the authors' released decoder layout: index-map rows as queries).
@@ -98,7 +101,7 @@ class CompressorConfig:
         if self.name not in COMPRESSORS:
             raise bad("name", f"is not one of {', '.join(COMPRESSORS)}")
         if self.adaptive not in ADAPTIVE:
-            raise bad("adaptive", "must be null, 'elbow' or 'silhouette'")
+            raise bad("adaptive", "must be null, 'elbow', 'silhouette' or 'elbow_released'")
         if self.adaptive is not None and self.name != "vqtoken":
             raise bad("adaptive", f"is only supported by name='vqtoken', not {self.name!r}")
         if self.num_tokens is not None and (not isinstance(self.num_tokens, int) or self.num_tokens < 1):
@@ -199,9 +202,11 @@ class CompressorConfig:
     @classmethod
     def released(cls, **changes: Any) -> CompressorConfig:
         """The authors' released checkpoint behaviour: normalised-mean codebook, centroids only,
-        adaptive elbow over 12..32 (implemented correctly, without the release's index bug)."""
+        the release's own K selection over 12..32 (``adaptive="elbow_released"``, its off-by-two elbow), so
+        the checkpoint sees the K it was trained and evaluated with; pass ``adaptive="elbow"`` for the
+        correct elbow."""
         base = dict(
-            name="vqtoken", num_tokens=None, adaptive="elbow", min_codes=12, max_codes=32,
+            name="vqtoken", num_tokens=None, adaptive="elbow_released", min_codes=12, max_codes=32,
             codebook="normalized", attention="released", apply_attention=False, newline=True, heads=8, ffn_dim=2048,
         )
         base.update(changes)

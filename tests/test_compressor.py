@@ -265,3 +265,73 @@ def test_settings_parse_to_typed_fields_with_one_parser():
                      ("vqtoken:num_tokens", "not key=value"), ("vqtoken:compile=maybe", "not a boolean")]:
         with pytest.raises(ConfigError, match=why):
             parse(bad)
+
+
+# ----------------------------------------------------------------------------- fp16 sums, output check (issue 14)
+
+#: a 32-frame clip whose background code has 21,280 members of norm 17.7: the code's sum, 376,600, is far
+#: beyond fp16's 65,504, its mean (17.7) is not
+BACKGROUND, NORM = 21_280, 17.7
+
+
+def _fp16_clip(d: int = 4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    n = 32 * 27 * 27
+    x = torch.randn(n, d, generator=g)
+    x = x / x.norm(dim=-1, keepdim=True) * torch.rand(n, 1, generator=g) * NORM
+    x[:BACKGROUND] = NORM / d**0.5  # the background: one direction, norm 17.7
+    return x.to(torch.float16).reshape(1, 32, 27, 27, d)
+
+
+def test_codebook_sums_do_not_overflow_in_fp16():
+    from llava_vqtoken.core.keymap import codebook_means
+
+    x = _fp16_clip().reshape(1, -1, 4)
+    labels = (torch.arange(x.shape[1]) >= BACKGROUND).long()[None]
+    centroids = torch.nn.functional.normalize(torch.ones(1, 2, 4), dim=-1)
+    for normalized in (False, True):
+        book, counts = codebook_means(x, labels, 2, centroids, normalized=normalized)
+        assert book.dtype == torch.float16 and torch.isfinite(book).all()
+        assert counts[0, 0] == BACKGROUND
+        expected = 0.5 if normalized else NORM / 2
+        torch.testing.assert_close(book[0, 0].float(), torch.full((4,), expected), atol=1e-2, rtol=1e-3)
+
+
+def test_fp16_clip_with_a_large_background_code_compresses_to_finite_tokens():
+    vq = build_compressor(CompressorConfig(num_tokens=8, attention="none"), 4)
+    out = vq(_fp16_clip())[0]
+    assert torch.isfinite(out.codebook).all() and torch.isfinite(out.tokens).all()
+    assert out.codebook.float().norm(dim=-1).max() <= NORM * 1.01
+
+
+def test_non_finite_output_is_an_error_not_a_result():
+    vq = build_compressor(CompressorConfig(num_tokens=4, heads=2), 16)
+    with torch.no_grad():
+        vq.attention.out_proj.bias.fill_(float("nan"))  # e.g. an attention left as uninitialised memory
+    x = feats(d=16)
+    with pytest.raises(CompressionError, match="output contains NaN or Inf"), torch.no_grad():
+        vq(x)
+    out = vq(x, defer_checks=True)  # deferred: the same error at verify()
+    with pytest.raises(CompressionError, match="output contains NaN or Inf"):
+        out[0].verify()
+
+
+# ----------------------------------------------------------------------------- graph caches belong to one module
+
+
+def test_graph_caches_are_per_module_and_keyed_on_the_full_config():
+    import copy
+
+    a = build_compressor(CompressorConfig(num_tokens=8, attention="none", codebook="raw"), 16)
+    b = build_compressor(CompressorConfig(num_tokens=8, attention="none", codebook="normalized"), 16)
+    assert a.code_cache is not b.code_cache
+    assert copy.deepcopy(a).code_cache is not a.code_cache
+    # the key of the post-processing graph names every config field and the parameters it reads
+    assert a._graph_key(4, 6, 5) != b._graph_key(4, 6, 5)
+    c = build_compressor(CompressorConfig(num_tokens=8), 16)
+    key = c._graph_key(4, 6, 5)
+    assert CompressorConfig(num_tokens=8).to_json() in key
+    assert len(key[-1]) == len(list(c.parameters())) > 0
+    import llava_vqtoken.core.graphs as graphs
+
+    assert not hasattr(graphs, "_CACHE") and not hasattr(graphs, "set_cuda_graphs")

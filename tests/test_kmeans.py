@@ -51,7 +51,7 @@ def test_empty_clusters_are_reseeded_never_zero():
 
 def test_kmeanspp_picks_distinct_points():
     x, _ = blobs(6, n=600, d=16, noise=0.01)
-    c = kmeans_plus_plus(normalize_tokens(x), 6, torch.Generator().manual_seed(0))
+    c = kmeans_plus_plus(normalize_tokens(x), 6, seed=0)
     sims = c[0] @ c[0].T
     assert (sims - torch.eye(6)).max() < 0.9  # six different blobs
 
@@ -82,23 +82,26 @@ def test_cuda_matches_cpu_partition():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_replay_matches_eager():
     from llava_vqtoken.core.adaptive import adaptive_kmeans
+    from llava_vqtoken.core.graphs import CodeCache
 
     x = torch.randn(3, 5000, 64, device="cuda", dtype=torch.bfloat16)
+    cache = CodeCache()
     for _ in range(2):  # capture, then replay
-        a = cosine_kmeans(x, 32, seed=4)
+        a = cosine_kmeans(x, 32, seed=4, cache=cache)
+    assert len(cache) == 1
     b = cosine_kmeans(x, 32, seed=4, cuda_graphs=False)
     assert torch.equal(a.labels, b.labels)
     assert torch.allclose(a.centroids, b.centroids)
-    ra, ca = adaptive_kmeans(x, 4, 40, "elbow")
+    ra, ca = adaptive_kmeans(x, 4, 40, "elbow", cache=cache)
     rb, cb = adaptive_kmeans(x, 4, 40, "elbow", cuda_graphs=False)
     assert [c.k for c in ca] == [c.k for c in cb] and torch.equal(ra.labels, rb.labels)
 
 
 def test_gram_seeding_matches_direct_seeding():
-    from llava_vqtoken.core.kmeans import _generator, draw_seed_noise, seed_centres
+    from llava_vqtoken.core.kmeans import VideoStreams, draw_seed_noise, seed_centres
 
     x = normalize_tokens(torch.randn(2, 700, 16, generator=torch.Generator().manual_seed(5)))
-    noise, m = draw_seed_noise(2, 700, 12, x.device, _generator(x.device, 3), 512, None)
+    noise, m = draw_seed_noise(700, 12, VideoStreams(2, x.device, 3), 512, None, x.device)
     a = seed_centres(x, 12, noise, m, use_gram=True)
     b = seed_centres(x, 12, noise, m, use_gram=False)
     assert torch.allclose(a, b)

@@ -12,14 +12,30 @@ says when it was clamped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .graphs import maybe_graphed
-from .kmeans import KMeansResult, SeedNoise, _generator, draw_seed_noise, lloyd, normalize_tokens, one_hot, seed_centres
+from .graphs import CodeCache, compile_scope, maybe_graphed
+from .kmeans import (
+    KMeansResult,
+    SeedNoise,
+    VideoStreams,
+    draw_seed_noise,
+    lloyd,
+    normalize_tokens,
+    one_hot,
+    seed_centres,
+)
+
+#: the selection rules of ``adaptive_kmeans`` (``elbow_released``: the authors' release, see ``released_elbow_k``)
+METHODS = ("elbow", "silhouette", "elbow_released")
+#: the release returns the argmax of the second differences plus 2, then adds 2 more (its index is never
+#: mapped back to a K): K = max(argmax + RELEASED_ELBOW_OFFSET, k_min)
+RELEASED_ELBOW_OFFSET = 4
 
 
 @dataclass
@@ -135,6 +151,22 @@ def elbow_k(distortion: dict[int, float], min_strength: float = 1.0, keep: float
     return best if strength[best] >= min_strength else None
 
 
+def released_elbow_k(distortion: dict[int, float], k_min: int) -> int:
+    """The authors' released rule, reproduced for checkpoints trained with it (not a correct elbow).
+
+    Over the candidates K = k_min..k_max (in order), take the second differences of the distortion,
+    D[j] - 2 D[j+1] + D[j+2], and their argmax j (the first on ties); the release returns j + 4 as K,
+    without mapping the index back to a K, and raises it to k_min: K = max(j + 4, k_min). With its
+    candidates 12..32 this gives K in [12, 22], and K = 12 whenever the true elbow is at K <= 21.
+    """
+    ks = sorted(distortion)
+    values = np.array([distortion[k] for k in ks], dtype=np.float64)
+    if len(values) < 3:
+        return k_min
+    second = values[:-2] - 2.0 * values[1:-1] + values[2:]
+    return max(int(np.argmax(second)) + RELEASED_ELBOW_OFFSET, k_min)
+
+
 def silhouette_scores(
     sims_to_sums: torch.Tensor, labels0: torch.Tensor, counts0: torch.Tensor, levels: dict[int, np.ndarray]
 ) -> dict[int, float]:
@@ -180,31 +212,39 @@ def adaptive_kmeans(
     silhouette_sample: int = 2048,
     cuda_graphs: bool = True,
     compiled: bool = False,
+    cache: CodeCache | None = None,
+    video_ids: Sequence[int] | None = None,
 ) -> tuple[KMeansResult, list[AdaptiveChoice]]:
     """Cosine k-means with K chosen per video in [k_min, k_max] (batched over B videos).
 
-    Returns a result padded to the largest chosen K (codes >= K_b of video b are inactive: zero
-    count, never assigned) and the per-video choices.
+    Returns a result padded to ``k_max`` codes (codes >= K_b of video b are inactive: zero count,
+    never assigned; the width does not depend on the batch mates' K) and the per-video choices.
+    ``cuda_graphs``, ``compiled``, ``cache`` and ``video_ids`` are as in ``cosine_kmeans``.
     """
-    if method not in ("elbow", "silhouette"):
-        raise ValueError(f"adaptive method must be 'elbow' or 'silhouette', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"adaptive method must be one of {', '.join(METHODS)}, got {method!r}")
     b, n, d = x.shape
     if not 1 <= k_min <= k_max:
         raise ValueError(f"need 1 <= min_codes <= max_codes, got min_codes={k_min}, max_codes={k_max}")
     if k_max > n:
         raise ValueError(f"max_codes={k_max} exceeds the number of tokens N={n}")
+    cache = CodeCache() if cache is None else cache
     # two above the range: the second difference then exists at k_max + 1, so "more than k_max" is visible
     k_top = min(k_max + 2, n)
-    gen = _generator(x.device, seed)
-    noise, m = draw_seed_noise(b, n, k_top, x.device, gen, seed_sample, None)
-    centroids, labels, _, counts, sums, gram, total_sq = maybe_graphed(
-        ("adaptive-top", k_top, m, iters, tol), _fit_top, (x, noise.pool_keys, noise.first, noise.race),
-        dict(k=k_top, m=m, iters=iters, tol=tol, compiled=compiled), enabled=cuda_graphs,
-    )
+    streams = VideoStreams(b, x.device, seed, video_ids)
+    noise, m = draw_seed_noise(n, k_top, streams, seed_sample, None, x.device)
+    steps = cache if compiled else None
+    with compile_scope(compiled):
+        centroids, labels, _, counts, sums, gram, total_sq = maybe_graphed(
+            cache, ("adaptive-top", k_top, m, iters, tol, compiled), _fit_top,
+            (x, noise.pool_keys, noise.first, noise.race),
+            dict(k=k_top, m=m, iters=iters, tol=tol, steps=steps), enabled=cuda_graphs,
+        )
     to_host = [gram, counts, total_sq]
     if method == "silhouette":
         s = min(silhouette_sample, n)
-        sample_idx = torch.rand(b, n, device=x.device, generator=gen).topk(s, dim=1).indices
+        keys = streams.draw(lambda g: torch.rand(1, n, device=x.device, generator=g))
+        sample_idx = keys.topk(s, dim=1).indices
         xs = normalize_tokens(x.gather(1, sample_idx.unsqueeze(-1).expand(-1, -1, d))).float()
         sims_s, labels_s = torch.bmm(xs, sums.transpose(1, 2)), labels.gather(1, sample_idx)
     host = [t.double().cpu().numpy() for t in to_host]  # the host sync
@@ -222,6 +262,9 @@ def adaptive_kmeans(
             pick = elbow_k(scores)
             if pick is None:  # no elbow up to k_max + 1: the content wants more codes than the range
                 pick = k_max + 1
+        elif method == "elbow_released":
+            scores = {k: float(distortion[k]) for k in range(k_min, k_max + 1)}
+            pick = released_elbow_k(scores, k_min)
         else:
             ks = list(range(2, min(k_max + 1, k_top) + 1))
             levels = partition_levels(merges, k_top, ks)
@@ -231,32 +274,34 @@ def adaptive_kmeans(
         clamped = "low" if pick < k_min else ("high" if pick > k_max else None)
         choices.append(AdaptiveChoice(k=k, k_unclamped=pick, clamped=clamped, scores=scores))
         merge_maps.append(partition_levels(merges, k_top, [k])[k])
-    width = max(c.k for c in choices)
-    # warm start from the merged centroids of each chosen partition, padded to a common width
+    # warm start from the merged centroids of each chosen partition, padded to k_max codes: a common width
+    # that does not depend on the batch mates (the re-seeding of empty codes and every shape see k_max)
+    width = k_max
     maps = torch.as_tensor(np.stack(merge_maps), device=x.device)  # [B, K0]
     ks_t = torch.tensor([c.k for c in choices], device=x.device)
-    out = maybe_graphed(
-        ("adaptive-refine", width, refine_iters, tol), _refine, (x, sums, maps, ks_t),
-        dict(width=width, iters=refine_iters, tol=tol, compiled=compiled), enabled=cuda_graphs,
-    )
+    with compile_scope(compiled):
+        out = maybe_graphed(
+            cache, ("adaptive-refine", width, refine_iters, tol, compiled), _refine, (x, sums, maps, ks_t),
+            dict(width=width, iters=refine_iters, tol=tol, steps=steps), enabled=cuda_graphs,
+        )
     return KMeansResult(*out), choices
 
 
-def _fit_top(x, keys, first, race, *, k: int, m: int, iters: int, tol: float, compiled: bool):
+def _fit_top(x, keys, first, race, *, k: int, m: int, iters: int, tol: float, steps: CodeCache | None):
     """Sync-free first stage: fit at the top of the range, then per-cluster sums and their Gram matrix."""
     xn = normalize_tokens(x)
-    centres = seed_centres(xn, k, SeedNoise(keys, first, race), m, compiled=compiled)
-    r = lloyd(xn, centres, iters=iters, tol=tol, compiled=compiled)
+    centres = seed_centres(xn, k, SeedNoise(keys, first, race), m, steps=steps)
+    r = lloyd(xn, centres, iters=iters, tol=tol, steps=steps)
     sums = torch.bmm(one_hot(r.labels, k, xn.dtype).transpose(1, 2), xn).float()  # [B, K0, D]
     gram = torch.bmm(sums, sums.transpose(1, 2))
     total_sq = xn.float().square().sum(dim=(1, 2))
     return r.centroids, r.labels, r.inertia, r.counts, sums, gram, total_sq
 
 
-def _refine(x, sums, maps, ks, *, width: int, iters: int, tol: float, compiled: bool):
+def _refine(x, sums, maps, ks, *, width: int, iters: int, tol: float, steps: CodeCache | None):
     """Sync-free last stage: Lloyd from the merged centroids, codes >= K_b masked per video."""
     xn = normalize_tokens(x)
     init = F.normalize(torch.bmm(one_hot(maps, width).transpose(1, 2), sums), dim=-1, eps=1e-12)
     active = torch.arange(width, device=x.device)[None, :] < ks[:, None]
-    r = lloyd(xn, init, iters=iters, tol=tol, active=active, compiled=compiled)
+    r = lloyd(xn, init, iters=iters, tol=tol, active=active, steps=steps)
     return r.centroids, r.labels, r.inertia, r.counts

@@ -31,13 +31,14 @@ def codebook_means(
     x [B, N, D], labels [B, N], centroids [B, K, D] (unit directions). ``normalized`` averages
     L2-normalised tokens (the released code). A code with no member (only possible for degenerate
     input, e.g. identical tokens) takes its centroid direction scaled to the mean token norm, so no
-    code is ever all-zero. Accumulates in fp32, returns ``x.dtype``.
+    code is ever all-zero. Sums and divides in fp32, returns ``x.dtype``.
     """
-    # sums in the input dtype (fp32 accumulation inside the matmul; the result is cast back anyway)
-    src = F.normalize(x.float(), dim=-1, eps=1e-12).to(x.dtype) if normalized else x
-    oh = one_hot(labels, k, x.dtype)  # [B, N, K]
+    # sums in fp32: a code's sum over thousands of members overflows fp16 (65,504) long before its mean does
+    # (21,280 background tokens of norm ~17 give Inf), and a half-precision matmul output would hold the sum
+    src = F.normalize(x.float(), dim=-1, eps=1e-12) if normalized else x.float()
+    oh = one_hot(labels, k, torch.float32)  # [B, N, K]
     counts = _counts(labels, k)
-    sums = torch.bmm(oh.transpose(1, 2), src).float()
+    sums = torch.bmm(oh.transpose(1, 2), src)
     means = sums / counts.clamp_min(1.0).unsqueeze(-1)
     scale = src.float().norm(dim=-1).mean(dim=1, keepdim=True).unsqueeze(-1)  # [B, 1, 1]
     fallback = centroids.float() * scale

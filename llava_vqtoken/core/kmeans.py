@@ -7,18 +7,23 @@ one one-hot matmul (every token scattered into its mean at once), empty clusters
 the worst-fitted tokens, and the tolerance test freezes converged videos with ``torch.where``.
 Being sync-free, a fit on CUDA is captured once per shape into a CUDA graph and replayed
 (:mod:`.graphs`), which removes the kernel-launch overhead that dominates at these sizes.
+
+A video's random numbers come from the seed alone (or the seed and an index the caller gives the
+video, e.g. its index in the dataset), never from its position in the batch or its batch mates: every
+video of a batch draws from its own stream, so a video compresses the same alone and in any batch.
 Deterministic for a given seed on a given device.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .graphs import maybe_graphed
+from .graphs import CodeCache, compile_scope, maybe_graphed
 
 
 @dataclass
@@ -35,6 +40,41 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
+
+
+#: odd 64-bit constant (golden ratio) that spreads (seed, video id) pairs over the generator's seed space
+_ID_MIX = 0x9E3779B97F4A7C15
+
+
+def video_seed(seed: int, video_id: int | None) -> int:
+    """Seed of one video's stream: the seed itself, or mixed with the caller's id for the video."""
+    if video_id is None:
+        return seed
+    return (seed + (int(video_id) + 1) * _ID_MIX) % 2**64
+
+
+class VideoStreams:
+    """One random stream per video, so a video's numbers do not depend on its batch mates.
+
+    Without ``video_ids`` every video gets the same stream (the seed's): each draw is made once for
+    one video and broadcast to the batch, so a batch costs no more than one video. With ``video_ids``
+    (one int per video, e.g. its index in the dataset; never its place in the batch) each video
+    draws from ``video_seed(seed, id)``. ``draw(fn)`` calls ``fn(generator)`` (which returns a
+    tensor with a leading dimension of 1) once per stream; successive draws continue each stream.
+    """
+
+    def __init__(self, batch: int, device: torch.device, seed: int, video_ids: Sequence[int] | None = None):
+        if video_ids is not None and len(video_ids) != batch:
+            raise ValueError(f"video_ids has {len(video_ids)} entries for a batch of {batch} videos")
+        self.batch = batch
+        ids: Sequence[int | None] = [None] if video_ids is None else video_ids
+        self.generators = [_generator(device, video_seed(seed, i)) for i in ids]
+
+    def draw(self, fn: Callable[[torch.Generator], torch.Tensor]) -> torch.Tensor:
+        if len(self.generators) == 1:
+            one = fn(self.generators[0])
+            return one.expand(self.batch, *one.shape[1:])
+        return torch.cat([fn(g) for g in self.generators])
 
 
 def normalize_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -65,13 +105,17 @@ class SeedNoise:
 
 
 def draw_seed_noise(
-    b: int, n: int, k: int, device: torch.device, generator: torch.Generator, sample: int | None, trials: int | None
+    n: int, k: int, streams: VideoStreams, sample: int | None, trials: int | None, device: torch.device
 ) -> tuple[SeedNoise, int]:
+    """Seeding noise for a batch, each video's from its own stream (in this order: pool keys, first
+    centre, race variates)."""
     m = n if sample is None or n <= sample else sample
     trials = trials or (2 + int(math.log(k)))
-    keys = torch.rand(b, n, device=device, generator=generator) if m < n else None
-    first = torch.rand(b, device=device, generator=generator)
-    race = torch.empty(b, max(k - 1, 0), trials, m, device=device).exponential_(generator=generator)
+    keys = streams.draw(lambda g: torch.rand(1, n, device=device, generator=g)) if m < n else None
+    first = streams.draw(lambda g: torch.rand(1, device=device, generator=g))
+    race = streams.draw(
+        lambda g: torch.empty(1, max(k - 1, 0), trials, m, device=device).exponential_(generator=g)
+    )
     return SeedNoise(keys, first, race), m
 
 
@@ -87,7 +131,7 @@ def gram_seed_step(min_d2: torch.Tensor, race: torch.Tensor, gram: torch.Tensor)
 
 
 def seed_centres(
-    xn: torch.Tensor, k: int, noise: SeedNoise, m: int, compiled: bool = False, use_gram: bool | None = None
+    xn: torch.Tensor, k: int, noise: SeedNoise, m: int, steps: CodeCache | None = None, use_gram: bool | None = None
 ) -> torch.Tensor:
     """Greedy k-means++ on unit vectors ``xn`` [B, N, D] -> [B, K, D] (fp32).
 
@@ -96,6 +140,7 @@ def seed_centres(
     proportional to the squared chord distance to the nearest chosen seed and keeps the one that
     lowers the total potential most. On CUDA the pool's Gram matrix is computed once (one
     tensor-core matmul), so each step only gathers L rows of it instead of running a matmul.
+    ``steps``: run each step through that cache's ``torch.compile`` (None: eager).
     """
     b, n, d = xn.shape
     rows = torch.arange(b, device=xn.device)
@@ -119,7 +164,7 @@ def seed_centres(
     picked[:, 0] = (noise.first * m).long().clamp_max(m - 1)
     min_d2 = dist2(picked[:, :1])[:, 0]
     if gram is not None:
-        step = compiled_fn(gram_seed_step, compiled)
+        step = gram_seed_step if steps is None else steps.compiled(gram_seed_step)
         for j in range(1, k):
             min_d2, picked[:, j] = step(min_d2, noise.race[:, j - 1], gram)
         return pool.gather(1, picked.unsqueeze(-1).expand(-1, -1, d)).float()
@@ -133,11 +178,11 @@ def seed_centres(
 
 
 def kmeans_plus_plus(
-    xn: torch.Tensor, k: int, generator: torch.Generator, sample: int | None = 4096, trials: int | None = None
+    xn: torch.Tensor, k: int, seed: int = 0, sample: int | None = 4096, trials: int | None = None
 ) -> torch.Tensor:
-    """Greedy k-means++ seeding (draws its noise from ``generator``)."""
+    """Greedy k-means++ seeding, every video from the seed's stream."""
     b, n, _ = xn.shape
-    noise, m = draw_seed_noise(b, n, k, xn.device, generator, sample, trials)
+    noise, m = draw_seed_noise(n, k, VideoStreams(b, xn.device, seed), sample, trials, xn.device)
     return seed_centres(xn, k, noise, m)
 
 
@@ -193,24 +238,6 @@ def lloyd_step(
     return centroids, done | (shift < tol)
 
 
-_COMPILED: dict = {}
-
-
-def compiled_fn(fn, compiled: bool):
-    """``fn`` itself, or its ``torch.compile``d version (built once per function)."""
-    if not compiled:
-        return fn
-    if fn not in _COMPILED:
-        import torch._dynamo
-
-        # one specialisation per (shape, re-seed, mask) combination: allow more than dynamo's default 8
-        cfg = torch._dynamo.config
-        name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-        setattr(cfg, name, max(getattr(cfg, name), 64))
-        _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
-    return _COMPILED[fn]
-
-
 def lloyd(
     xn: torch.Tensor,
     centroids: torch.Tensor,
@@ -218,21 +245,21 @@ def lloyd(
     tol: float = 1e-4,
     active: torch.Tensor | None = None,
     reseed_every: int = 3,
-    compiled: bool = False,
+    steps: CodeCache | None = None,
 ) -> KMeansResult:
     """Run ``iters`` Lloyd steps of spherical k-means from ``centroids`` (unit norm) on ``xn``.
 
     ``active`` [B, K] masks codes that a video does not use (adaptive K batched to a common width).
     A video stops moving once its centroids shift by less than ``tol`` (Frobenius norm). Empty
     clusters are re-seeded on every ``reseed_every``-th step (from the second), which is enough in
-    practice and keeps the other steps lean. ``compiled`` runs each step through ``torch.compile``.
+    practice and keeps the other steps lean. ``steps`` runs each step through that cache's ``torch.compile``.
     """
     b, k = xn.shape[0], centroids.shape[1]
     done = torch.zeros(b, dtype=torch.bool, device=xn.device)
     masked = active is not None
     if active is None:
         active = torch.ones(b, k, dtype=torch.bool, device=xn.device)
-    step = compiled_fn(lloyd_step, compiled)
+    step = lloyd_step if steps is None else steps.compiled(lloyd_step)
     for i in range(iters):
         centroids, done = step(xn, centroids, done, active, masked, tol, i % reseed_every == 1 or iters == 1)
     labels, best = assign(xn, centroids, active if masked else None)
@@ -241,11 +268,11 @@ def lloyd(
     return KMeansResult(centroids=centroids, labels=labels, inertia=inertia, counts=counts)
 
 
-def _fit(x: torch.Tensor, keys, first, race, *, k: int, m: int, iters: int, tol: float, compiled: bool = False):
+def _fit(x: torch.Tensor, keys, first, race, *, k: int, m: int, iters: int, tol: float, steps: CodeCache | None):
     """Pure, sync-free fixed-K fit from pre-drawn noise (what gets captured as a CUDA graph)."""
     xn = normalize_tokens(x)
-    centres = seed_centres(xn, k, SeedNoise(keys, first, race), m, compiled=compiled)
-    r = lloyd(xn, centres, iters=iters, tol=tol, compiled=compiled)
+    centres = seed_centres(xn, k, SeedNoise(keys, first, race), m, steps=steps)
+    r = lloyd(xn, centres, iters=iters, tol=tol, steps=steps)
     return r.centroids, r.labels, r.inertia, r.counts
 
 
@@ -259,11 +286,15 @@ def cosine_kmeans(
     init: torch.Tensor | None = None,
     cuda_graphs: bool = True,
     compiled: bool = False,
+    cache: CodeCache | None = None,
+    video_ids: Sequence[int] | None = None,
 ) -> KMeansResult:
     """Cosine k-means on a batch of token sets ``x`` [B, N, D] (any float dtype; computed in fp32).
 
     ``init`` [B, K, D] replaces k-means++ seeding (warm start). ``cuda_graphs`` replays a captured
-    graph on CUDA (same numbers, fewer launches). Raises ValueError on bad K.
+    graph on CUDA (same numbers, fewer launches); ``compiled`` runs the steps through ``torch.compile``.
+    Both are kept in ``cache`` (its owner's; without one a throwaway cache serves this call only, so
+    repeated calls should pass one). ``video_ids``: see :class:`VideoStreams`. Raises ValueError on bad K.
     """
     if x.dim() != 3:
         raise ValueError(f"tokens must be [B, N, D], got shape {tuple(x.shape)}")
@@ -274,9 +305,12 @@ def cosine_kmeans(
         raise ValueError(f"number of codes K={k} exceeds the number of tokens N={n}")
     if init is not None:
         return lloyd(normalize_tokens(x), F.normalize(init.float(), dim=-1, eps=1e-12), iters=iters, tol=tol)
-    noise, m = draw_seed_noise(b, n, k, x.device, _generator(x.device, seed), seed_sample, None)
-    out = maybe_graphed(
-        ("fixed", k, m, iters, tol), _fit, (x, noise.pool_keys, noise.first, noise.race),
-        dict(k=k, m=m, iters=iters, tol=tol, compiled=compiled), enabled=cuda_graphs,
-    )
+    cache = CodeCache() if cache is None else cache
+    streams = VideoStreams(b, x.device, seed, video_ids)
+    noise, m = draw_seed_noise(n, k, streams, seed_sample, None, x.device)
+    with compile_scope(compiled):
+        out = maybe_graphed(
+            cache, ("fixed", k, m, iters, tol, compiled), _fit, (x, noise.pool_keys, noise.first, noise.race),
+            dict(k=k, m=m, iters=iters, tol=tol, steps=cache if compiled else None), enabled=cuda_graphs,
+        )
     return KMeansResult(*out)

@@ -13,6 +13,7 @@ Sizes come from the hidden width and the config only; any grid works.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -118,9 +119,12 @@ class VQAttention(nn.Module):
         codebook: torch.Tensor,
         key_map: torch.Tensor,
         active: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        draw: Callable[[Callable[[torch.Generator], torch.Tensor]], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """codebook [B, K, D], key_map [B, T, H, W] (values < K), active [B, K] -> [B, K, D]."""
+        """codebook [B, K, D], key_map [B, T, H, W] (values < K), active [B, K] -> [B, K, D].
+
+        ``draw`` (``mode="random"``): ``draw(fn)`` returns ``fn(generator)`` for each video's own random
+        stream, stacked ([B, ...]); see ``kmeans.VideoStreams``. Without it the global RNG is used."""
         b, k, d = codebook.shape
         dtype = self.q_proj.weight.dtype
         fp = footprint_stats(key_map, k, self.freqs, self.motion).to(dtype)
@@ -134,8 +138,10 @@ class VQAttention(nn.Module):
         v = split(self.v_proj(v_in))
         mask = None if active is None else active[:, None, None, :]
         if self.mode == "random":
-            g = generator
-            r = torch.rand(b, self.heads, k, k, device=codebook.device, generator=g).to(dtype)
+            def one(g: torch.Generator | None) -> torch.Tensor:
+                return torch.rand(1, self.heads, k, k, device=codebook.device, generator=g)
+
+            r = (draw(one) if draw is not None else torch.cat([one(None) for _ in range(b)])).to(dtype)
             if mask is not None:
                 r = r.masked_fill(~mask, 0.0)
             attn = r / r.sum(-1, keepdim=True).clamp_min(1e-6)
