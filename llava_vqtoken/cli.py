@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import COMPRESSORS, CheckpointError, CompressorConfig, ConfigError
+from .spec_rule import resolve_spec
 
 EXIT_BAD_INPUT = 2
 
@@ -22,30 +23,41 @@ class UsageError(ValueError):
     """A command-line value is invalid."""
 
 
+#: flags named after CompressorConfig fields (``num_tokens`` -> ``--num-tokens``; ``name`` -> ``--compressor``)
+FIELD_FLAGS = ("name", "num_tokens", "adaptive", "min_codes", "max_codes", "iters", "attention", "hash", "codebook",
+               "seed")
+
+
 def add_compressor_args(p: argparse.ArgumentParser) -> None:
-    """Flags named after :class:`CompressorConfig` fields (``num_tokens`` -> ``--num-tokens``)."""
+    """Flags named after :class:`CompressorConfig` fields. None means "not given": a stock checkpoint
+    then gets the default, a VQToken checkpoint keeps its saved value (README "Which spec runs")."""
     d = CompressorConfig()
-    p.add_argument("--compressor", dest="name", default="vqtoken", choices=COMPRESSORS, help="method (config: name)")
+    p.add_argument("--compressor", dest="name", default=None, choices=COMPRESSORS,
+                   help=f"method (config: name; default {d.name})")
     p.add_argument("--num-tokens", type=int, default=None,
                    help=f"token budget per video (K codes; default {d.num_tokens}; for pool: stock 2x pooling)")
     p.add_argument("--adaptive", choices=["elbow", "silhouette"], default=None, help="choose K per video")
-    p.add_argument("--min-codes", type=int, default=d.min_codes)
-    p.add_argument("--max-codes", type=int, default=d.max_codes)
-    p.add_argument("--iters", type=int, default=d.iters)
-    p.add_argument("--attention", choices=["paper", "none", "random", "released"], default=d.attention)
-    p.add_argument("--hash", choices=["kmeans", "random"], default=d.hash)
-    p.add_argument("--codebook", choices=["raw", "normalized"], default=d.codebook)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--min-codes", type=int, default=None, help=f"default {d.min_codes}")
+    p.add_argument("--max-codes", type=int, default=None, help=f"default {d.max_codes}")
+    p.add_argument("--iters", type=int, default=None, help=f"default {d.iters}")
+    p.add_argument("--attention", choices=["paper", "none", "random", "released"], default=None,
+                   help=f"default {d.attention}")
+    p.add_argument("--hash", choices=["kmeans", "random"], default=None, help=f"default {d.hash}")
+    p.add_argument("--codebook", choices=["raw", "normalized"], default=None, help=f"default {d.codebook}")
+    p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
+    p.add_argument("--override-spec", action="store_true",
+                   help="let the flags change a VQToken checkpoint's trained-with or parameter fields "
+                        "(num_tokens, attention, ...): refused otherwise")
+
+
+def overrides_from_args(a: argparse.Namespace) -> dict[str, Any]:
+    """The compressor fields given on the command line."""
+    return {k: getattr(a, k) for k in FIELD_FLAGS if getattr(a, k, None) is not None}
 
 
 def config_from_args(a: argparse.Namespace) -> CompressorConfig:
-    num_tokens = a.num_tokens
-    if num_tokens is None and a.name != "pool" and a.adaptive is None:
-        num_tokens = CompressorConfig().num_tokens  # pool without a budget is LLaVA-OneVision's stock pooling
-    return CompressorConfig(
-        name=a.name, num_tokens=num_tokens, adaptive=a.adaptive, min_codes=a.min_codes, max_codes=a.max_codes,
-        iters=a.iters, attention=a.attention, hash=a.hash, codebook=a.codebook, seed=a.seed,
-    )
+    """The spec the flags describe for a stock checkpoint (defaults where a flag is not given)."""
+    return resolve_spec(None, overrides_from_args(a)).spec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,17 +111,52 @@ def _note(msg: str) -> None:
     print(f"[llava-vqtoken] {msg}", file=sys.stderr)
 
 
+def check_device(device: str) -> None:
+    """A usable torch device, or one line saying why not (before any compute)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UsageError(f"--device {device!r} is not a torch device ({e})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is False)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+
+
+def check_output_file(flag: str, path: str | None) -> None:
+    """The folder of an output file exists (checked before the compute, not after it)."""
+    if path is None:
+        return
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {parent} does not exist")
+
+
+def check_model_dir(path: str) -> None:
+    if not Path(path).is_dir():
+        raise UsageError(f"--model must be a local model directory: {path}")
+    if not (Path(path) / "config.json").is_file():
+        raise UsageError(f"--model {path} is not a model directory: it has no config.json")
+
+
 def run_compress(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from .core import build_compressor
     from .hosts.hf.features import preprocess_frames, project_video
+    from .hosts.hf.load import load_model
     from .hosts.hf.tiny import build_tiny_llava_onevision, default_cache, is_random
     from .video import load_video, make_video
 
     if a.frames < 1:
         raise UsageError(f"--frames must be >= 1, got {a.frames}")
-    cfg = config_from_args(a)
+    check_device(a.device)
+    check_output_file("--heatmap", a.heatmap)
+    if a.model:
+        check_model_dir(a.model)
+    resolve_spec(None, overrides_from_args(a))  # bad field values fail here, before any loading
     video = a.video
     if video is None:
         video = str(default_cache() / "demo_moving_shapes.mp4")
@@ -118,22 +165,16 @@ def run_compress(a: argparse.Namespace) -> dict[str, Any]:
         _note(f"no --video given: using the generated clip {video}")
     frames = load_video(video, a.frames)
 
-    from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
     model_dir = a.model or str(build_tiny_llava_onevision())
-    if not Path(model_dir).is_dir():
-        raise UsageError(f"--model must be a local model directory: {model_dir}")
     if is_random(model_dir):
         _note(f"model {model_dir} has RANDOM weights (tiny built-in default): token counts are real, outputs are not")
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = LlavaOnevisionForConditionalGeneration.from_pretrained(model_dir).to(a.device).eval()
+    loaded = load_model(model_dir, overrides_from_args(a), a.override_spec, note=_note)
+    model, cfg = loaded.model.to(a.device).eval(), loaded.decision.spec
+    compressor = model.model.video_compressor
     with torch.no_grad():
-        pixels = preprocess_frames(processor, frames).to(a.device)
+        pixels = preprocess_frames(loaded.processor, frames).to(a.device)
         feats = project_video(model, pixels)
     _, t, h, w, d = feats.shape
-    compressor = build_compressor(cfg, d, grid=(h, w)).to(a.device).eval()
     with torch.no_grad():
         compressor(feats)  # warm-up so the timing shows steady state
         if a.device.startswith("cuda"):
@@ -178,23 +219,12 @@ def run_compress(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_export(a: argparse.Namespace) -> str:
-    import json
-
-    from transformers import AutoProcessor
-
-    from .hosts.hf import VQTokenLlavaOnevisionForConditionalGeneration, VQTokenLlavaOnevisionProcessor
     from .hosts.hf.export import export_remote_code
+    from .hosts.hf.load import load_model
 
-    cfg_file = Path(a.model) / "config.json"
-    if not cfg_file.exists():
-        raise UsageError(f"--model must be a local checkpoint directory with config.json: {a.model}")
-    is_vq = json.loads(cfg_file.read_text()).get("model_type") == "vqtoken_llava_onevision"
-    spec = None if is_vq else config_from_args(a).to_dict()
-    model = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(a.model, video_compressor=spec)
-    proc = AutoProcessor.from_pretrained(a.model)
-    if not isinstance(proc, VQTokenLlavaOnevisionProcessor):
-        proc = VQTokenLlavaOnevisionProcessor.from_stock(proc, model.config)
-    return str(export_remote_code(model, proc, a.out))
+    check_model_dir(a.model)
+    loaded = load_model(a.model, overrides_from_args(a), a.override_spec, note=_note)
+    return str(export_remote_code(loaded.model, loaded.processor, a.out))
 
 
 def main(argv: list[str] | None = None) -> int:

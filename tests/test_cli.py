@@ -115,3 +115,59 @@ def test_bench_compressor_times_vqtoken_and_the_same_budget_baselines_side_by_si
         batch = timings[f"baseline {name} 32 tokens, batch 8"]
         assert batch["ms_per_video"] == pytest.approx(batch["ms"] / 8)
     assert "VQToken module K=32 (+attention)" in timings
+
+
+# ---------------------------------------------------------------- which spec runs (README "Which spec runs")
+
+
+@pytest.fixture(scope="module")
+def vq12(tiny_model, tmp_path_factory):
+    from transformers import AutoProcessor
+
+    from llava_vqtoken.hosts.hf import VQTokenLlavaOnevisionForConditionalGeneration, VQTokenLlavaOnevisionProcessor
+
+    d = tmp_path_factory.mktemp("VQ12")
+    m = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(tiny_model, video_compressor={"num_tokens": 12})
+    m.save_pretrained(d)
+    VQTokenLlavaOnevisionProcessor.from_stock(AutoProcessor.from_pretrained(tiny_model), m.config).save_pretrained(d)
+    return d
+
+
+def test_compress_runs_a_vqtoken_checkpoints_own_spec(capsys, vq12, video_file):
+    code, out, err = run_cli(capsys, "compress", "--model", str(vq12), "--video", str(video_file), "--frames", "4",
+                             "--json")
+    assert code == 0, err
+    d = json.loads(out.strip().splitlines()[-1])
+    assert d["compressor"]["num_tokens"] == 12 and d["num_codes"] == 12 and d["tokens_out"] == 13
+    assert "changed by the flags" not in err
+
+
+def test_compress_flag_on_a_vqtoken_checkpoint_refused_or_reported(capsys, vq12, video_file):
+    base = ("compress", "--model", str(vq12), "--video", str(video_file), "--frames", "4", "--json")
+    code, _, err = run_cli(capsys, *base, "--num-tokens", "32")
+    lines = [x for x in err.splitlines() if x.startswith("llava-vqtoken: error:")]
+    assert code == 2 and len(lines) == 1 and "trained with num_tokens=12; num_tokens=32" in lines[0], err
+    code, out, err = run_cli(capsys, *base, "--num-tokens", "32", "--override-spec")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["num_codes"] == 32
+    assert [x for x in err.splitlines() if "changed by the flags" in x] == [
+        f"[llava-vqtoken] {vq12}: checkpoint spec changed by the flags (--override-spec: num_tokens differ from "
+        "training): num_tokens 12 -> 32"
+    ]
+    code, out, err = run_cli(capsys, *base, "--iters", "3")  # a runtime field: allowed, said in one line
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["compressor"]["iters"] == 3
+    assert "checkpoint spec changed by the flags: iters 10 -> 3" in err
+
+
+def test_export_remote_keeps_or_refuses_or_overrides_the_saved_spec(capsys, vq12, tmp_path):
+    def exported(*flags):
+        out = tmp_path / "-".join(flags or ("plain",))
+        code, _, err = run_cli(capsys, "export-remote", "--model", str(vq12), "--out", str(out), *flags)
+        cfg = json.loads((out / "config.json").read_text()) if code == 0 else None
+        return code, err, cfg
+
+    code, _, cfg = exported()
+    assert code == 0 and cfg["video_compressor"]["num_tokens"] == 12
+    code, err, _ = exported("--num-tokens", "32")
+    assert code == 2 and "trained with num_tokens=12" in err
+    code, _, cfg = exported("--num-tokens", "32", "--override-spec")
+    assert code == 0 and cfg["video_compressor"]["num_tokens"] == 32

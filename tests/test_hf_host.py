@@ -165,3 +165,155 @@ def test_new_compressor_weights_are_initialised_sanely(converted):
     model, _, _ = converted
     for name, p in model.model.video_compressor.named_parameters():
         assert torch.isfinite(p).all() and p.abs().max() < 10, name
+
+
+# ---------------------------------------------------------------- which spec runs (README "Which spec runs")
+
+
+@pytest.fixture(scope="module")
+def saved_vq(tiny_model, tmp_path_factory):
+    """VQ12 / VQ32 / NONE_NORM: checkpoints saved through this host from the tiny stock model."""
+    out = {}
+    specs = {"VQ12": {"num_tokens": 12}, "VQ32": {"num_tokens": 32},
+             "NONE_NORM": {"num_tokens": 16, "attention": "none", "codebook": "normalized"}}
+    for name, spec in specs.items():
+        d = tmp_path_factory.mktemp(name)
+        m = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(tiny_model, video_compressor=spec)
+        m.save_pretrained(d)
+        proc = VQTokenLlavaOnevisionProcessor.from_stock(AutoProcessor.from_pretrained(tiny_model), m.config)
+        proc.save_pretrained(d)
+        out[name] = d
+    return out
+
+
+def _saved_tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_load_model_runs_the_saved_spec_with_every_trained_tensor(saved_vq):
+    from llava_vqtoken.hosts.hf.load import load_model
+
+    loaded = load_model(saved_vq["VQ12"])
+    assert loaded.decision.from_checkpoint and loaded.decision.spec.num_tokens == 12
+    assert loaded.processor.video_compressor["num_tokens"] == 12
+    saved = _saved_tensors(saved_vq["VQ12"])
+    comp = {k: v for k, v in saved.items() if "video_compressor" in k}
+    assert len(comp) == 12 and len(saved) == 80
+    state = loaded.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in comp.items())
+
+
+def test_load_model_refuses_an_untrained_change_in_one_line_and_reports_an_asked_one(saved_vq):
+    from llava_vqtoken.hosts.hf.load import load_model
+
+    with pytest.raises(CheckpointError, match="trained with num_tokens=32; num_tokens=12") as e:
+        load_model(saved_vq["VQ32"], {"num_tokens": 12})
+    assert "\n" not in str(e.value) and "--override-spec" in str(e.value)
+    lines = []
+    loaded = load_model(saved_vq["VQ32"], {"num_tokens": 12, "iters": 3}, allow_override=True, note=lines.append)
+    assert loaded.model.config.compressor.num_tokens == 12 and loaded.processor.video_compressor["num_tokens"] == 12
+    assert len(lines) == 1 and "num_tokens 32 -> 12" in lines[0] and "iters 10 -> 3" in lines[0]
+
+
+def test_eval_model_keeps_the_saved_attention_and_codebook(saved_vq, capfd):
+    """eval.sh --compressors vqtoken:num_tokens=32 on an attention=none/codebook=normalized checkpoint
+    used to run attention=paper with fresh parameters and codebook=raw, silently."""
+    from llava_vqtoken.hosts.lmms_plugin import VQTokenHF
+
+    path = str(saved_vq["NONE_NORM"])
+    lm = VQTokenHF(pretrained=path, device="cpu", num_tokens="16")
+    assert (lm.spec.attention, lm.spec.codebook, lm.spec.num_tokens) == ("none", "normalized", 16)
+    assert list(lm.model.model.video_compressor.parameters()) == []
+    with pytest.raises(CheckpointError, match="attention='none'; attention='paper' would drop"):
+        VQTokenHF(pretrained=path, device="cpu", num_tokens="16", attention="paper")
+    with pytest.raises(CheckpointError, match="num_tokens=16; num_tokens=32"):
+        VQTokenHF(pretrained=path, device="cpu", num_tokens="32")
+    capfd.readouterr()
+    lm = VQTokenHF(pretrained=path, device="cpu", num_tokens="32", override_spec="true")
+    assert lm.spec.num_tokens == 32 and lm.spec.attention == "none"
+    assert "num_tokens 16 -> 32" in capfd.readouterr().err
+
+
+def test_train_build_keeps_the_saved_spec_unless_asked(saved_vq):
+    from llava_vqtoken.train.hf_train import build, parse_args
+
+    model, proc = build(parse_args(["--model", str(saved_vq["VQ32"])]))
+    assert model.config.compressor.num_tokens == 32 and proc.video_compressor["num_tokens"] == 32
+    with pytest.raises(CheckpointError, match="num_tokens=32; num_tokens=12"):
+        build(parse_args(["--model", str(saved_vq["VQ32"]), "--num-tokens", "12"]))
+    model, proc = build(parse_args(["--model", str(saved_vq["VQ32"]), "--num-tokens", "12", "--override-spec"]))
+    assert model.config.compressor.num_tokens == 12 and proc.video_compressor["num_tokens"] == 12
+
+
+def test_converting_twice_gives_identical_compressor_weights_whatever_the_global_seed(tiny_model):
+    states = []
+    cls = VQTokenLlavaOnevisionForConditionalGeneration
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        m = cls.from_pretrained(tiny_model, video_compressor={"num_tokens": 8})
+        states.append({k: v for k, v in m.state_dict().items() if "video_compressor" in k})
+    assert len(states[0]) == 12
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    # and a different spec seed gives different weights: the seed is what decides
+    m = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(
+        tiny_model, video_compressor={"num_tokens": 8, "seed": 1}
+    )
+    other = {k: v for k, v in m.state_dict().items() if "video_compressor" in k}
+    assert not all(torch.equal(states[0][k], other[k]) for k in other)
+
+
+def test_conversion_says_one_line_instead_of_the_load_report_table(tiny_model, caplog, capfd):
+    import logging
+
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING):
+        VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(tiny_model, video_compressor={"num_tokens": 8})
+    text = caplog.text + capfd.readouterr().err
+    assert "MISSING" not in text and "LOAD REPORT" not in text
+    mine = [r.getMessage() for r in caplog.records if r.name == "llava_vqtoken"]
+    assert mine == [f"{tiny_model}: 12 new compressor tensors (24,448 parameters, seed 0); every stock weight loaded"]
+
+
+def test_a_missing_stock_weight_is_refused_not_hidden(tiny_model, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    for f in tiny_model.iterdir():
+        if f.is_file():
+            shutil.copy(f, tmp_path / f.name)
+    state = load_file(str(tiny_model / "model.safetensors"))
+    dropped = next(k for k in state if "multi_modal_projector.linear_1.weight" in k)
+    del state[dropped]
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"1 stock weight\(s\) missing \(model.multi_modal_projector.linear_1"):
+        VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path, video_compressor={"num_tokens": 8})
+
+
+def test_placeholder_mismatch_inside_generate_is_a_checkpoint_error(converted, clip, tiny_model):
+    """generate() computes the features before forward and passes pixel_values_videos=None there: the
+    mismatch used to surface as transformers' 'Video features and video tokens do not match'."""
+    model, _, _ = converted
+    stock_proc = LlavaOnevisionProcessor.from_pretrained(tiny_model)
+    inputs = stock_proc(text=stock_proc.apply_chat_template(MSGS, add_generation_prompt=True), videos=[clip],
+                        return_tensors="pt")
+    with pytest.raises(CheckpointError, match=r"holds 785 video placeholder tokens but the VQToken compressor gave 9"):
+        model.generate(**inputs, max_new_tokens=2)
+
+
+def test_a_json_string_spec_converts_like_the_dict(tiny_model):
+    m = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(tiny_model, video_compressor='{"num_tokens": 8}')
+    assert m.config.compressor.num_tokens == 8
+
+
+def test_zero_frames_to_the_processor_or_the_model_is_one_clear_error(converted):
+    from llava_vqtoken.core.compressor import CompressionError
+
+    model, proc, _ = converted
+    prompt = proc.apply_chat_template(MSGS, add_generation_prompt=True)
+    with pytest.raises(CompressionError, match="video 0 has no frames"):
+        proc(text=prompt, videos=[np.zeros((0, 64, 64, 3), dtype=np.uint8)], return_tensors="pt")
+    with pytest.raises(CompressionError, match="at least one frame, got shape \\(1, 0, 3, 384, 384\\)"):
+        model.model.get_video_features(torch.zeros(1, 0, 3, 384, 384))

@@ -10,6 +10,9 @@ Images keep their path.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -27,10 +30,12 @@ from transformers import (
 
 from ...config import CONFIG_KEY, CheckpointError, CompressorConfig
 from ...core import build_compressor
-from ...core.compressor import CompressedVideo, expected_tokens
+from ...core.compressor import CompressedVideo, CompressionError, expected_tokens
 from .features import grid_size
 
 MODEL_TYPE = "vqtoken_llava_onevision"
+COMPRESSOR_PREFIX = "model.video_compressor."
+log = logging.getLogger("llava_vqtoken")
 
 
 @strict
@@ -85,6 +90,11 @@ class VQTokenLlavaOnevisionModel(LlavaOnevisionModel):
         vision_feature_select_strategy: str | None = None,
         **kwargs: Any,
     ):
+        if pixel_values_videos.dim() != 5 or 0 in pixel_values_videos.shape:
+            raise CompressionError(
+                f"pixel_values_videos must be [videos, frames, 3, H, W] with at least one frame, got shape "
+                f"{tuple(pixel_values_videos.shape)}"
+            )
         out = super().get_video_features(
             pixel_values_videos,
             vision_feature_layer=vision_feature_layer,
@@ -133,6 +143,26 @@ class VQTokenLlavaOnevisionModel(LlavaOnevisionModel):
         for v in pending:  # deferred NaN/Inf check: the LLM's kernels are already queued
             v.verify()
         return out
+
+    def get_placeholder_mask(self, input_ids, inputs_embeds, image_features=None, video_features=None):
+        """The stock check, preceded by ours wherever video features are scattered into the prompt
+        (also inside ``generate``, whose forward gets the features without ``pixel_values_videos``)."""
+        if video_features is not None:
+            if input_ids is not None:
+                n = int((input_ids == self.config.video_token_id).sum())
+            else:
+                token = self.get_input_embeddings()(
+                    torch.tensor(self.config.video_token_id, device=inputs_embeds.device)
+                )
+                n = int((inputs_embeds == token).all(-1).sum())
+            rows = video_features.numel() // inputs_embeds.shape[-1]
+            if n != rows:
+                raise CheckpointError(
+                    f"the prompt holds {n} video placeholder tokens but the VQToken compressor gave {rows} "
+                    f"({self.last_video_tokens} per video); use the processor saved with this checkpoint "
+                    "(VQTokenLlavaOnevisionProcessor)"
+                )
+        return super().get_placeholder_mask(input_ids, inputs_embeds, image_features, video_features)
 
     def _check_placeholders(self, input_ids: torch.Tensor, pixel_values_videos: torch.Tensor) -> None:
         per_video = tokens_per_video(self.config.compressor, pixel_values_videos.shape[1], grid_size(self.config))
@@ -203,7 +233,103 @@ class VQTokenLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditional
                     "spec); pass video_compressor={'num_tokens': 32} (or another spec) to convert it"
                 )
             config = VQTokenLlavaOnevisionConfig(**{k: v for k, v in data.items() if not k.startswith("_")})
-        return super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+        want_info = kwargs.pop("output_loading_info", False)
+        with _load_report_as_one_line() as report:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, config=config, output_loading_info=True, **kwargs
+            )
+        report.summarise(str(pretrained_model_name_or_path), model, info)
+        return (model, info) if want_info else model
+
+    def _initialize_missing_keys(self, is_quantized: bool) -> None:
+        """transformers initialises missing weights from the global RNG; the compressor's new
+        parameters are then set from its own seed, so converting a checkpoint twice gives the same
+        weights whatever the process did before."""
+        comp = self.model.video_compressor
+        fresh = [n for n, p in comp.named_parameters() if not getattr(p, "_is_hf_initialized", False)]
+        super()._initialize_missing_keys(is_quantized)
+        if fresh:
+            seed_compressor_parameters(comp, fresh, self.config.compressor, self.config)
+
+
+def seed_compressor_parameters(comp: torch.nn.Module, names: list[str], spec: CompressorConfig, config) -> None:
+    """Set the named parameters of ``comp`` to those of a compressor built from ``spec`` with the
+    CPU RNG seeded from ``spec.seed`` (the process's RNG state is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        state = build_compressor(spec, config.text_config.hidden_size, grid=grid_size(config)).state_dict()
+    params = dict(comp.named_parameters())
+    with _gathered([params[n] for n in names]), torch.no_grad():
+        for n in names:
+            params[n].copy_(state[n])
+
+
+@contextlib.contextmanager
+def _gathered(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Full parameters under DeepSpeed ZeRO-3 (partitioned at load), a no-op otherwise."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+        yield
+
+
+class _LoadReport(logging.Filter):
+    """Holds back transformers' multi-row load report; :meth:`summarise` says it in one line, and
+    refuses a load that left a stock (non-compressor) weight missing or unused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            self.records.append(record)
+            return False
+        return True
+
+    def summarise(self, where: str, model, info: dict[str, Any]) -> None:
+        missing, unexpected = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+        stock_missing = [k for k in missing if not k.startswith(COMPRESSOR_PREFIX)]
+        stock_unused = [k for k in unexpected if not k.startswith(COMPRESSOR_PREFIX)]
+        if stock_missing or stock_unused:
+            raise CheckpointError(
+                f"{where}: {len(stock_missing)} stock weight(s) missing ({_few(stock_missing)}) and "
+                f"{len(stock_unused)} unused ({_few(stock_unused)}); the checkpoint does not match this model"
+            )
+        new = [k for k in missing if k.startswith(COMPRESSOR_PREFIX)]
+        if new or unexpected:
+            state = model.state_dict()
+            count = sum(state[k].numel() for k in new if k in state)
+            parts = [f"{len(new)} new compressor tensors ({count:,} parameters, seed {model.config.compressor.seed})"]
+            if unexpected:
+                parts.append(f"{len(unexpected)} trained compressor tensors dropped")
+            log.warning("%s: %s; every stock weight loaded", where, ", ".join(parts))
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "") if keys else "none"
+
+
+@contextlib.contextmanager
+def _load_report_as_one_line() -> Iterator[_LoadReport]:
+    """While loading, transformers' load report is held back (and shown if the load fails)."""
+    hf_log = logging.getLogger("transformers.modeling_utils")
+    report = _LoadReport()
+    hf_log.addFilter(report)
+    try:
+        yield report
+    except BaseException:
+        hf_log.removeFilter(report)
+        for record in report.records:
+            hf_log.handle(record)
+        raise
+    finally:
+        hf_log.removeFilter(report)
 
 
 def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -265,12 +391,14 @@ class VQTokenLlavaOnevisionProcessor(LlavaOnevisionProcessor):
             self._per_call = None
 
     def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        frames = int(video_inputs["pixel_values_videos"][video_idx].shape[0])
+        if frames < 1:
+            raise CompressionError(f"video {video_idx} has no frames (a zero-frame array); give at least one frame")
         if self._per_call is not None:
             counts = self._per_call
             return self.video_token * (counts[video_idx] if len(counts) > 1 else counts[0])
         if self.video_compressor is None or self.video_grid is None:
             raise CheckpointError("this processor has no video_compressor/video_grid; build it with from_stock()")
-        frames = int(video_inputs["pixel_values_videos"][video_idx].shape[0])
         n = tokens_per_video(CompressorConfig.from_dict(self.video_compressor), frames, tuple(self.video_grid))
         if n is None:
             raise CheckpointError(

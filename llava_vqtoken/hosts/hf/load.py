@@ -1,0 +1,91 @@
+"""The one load-or-convert path of the transformers host, used by every command (``compress``,
+``export-remote``, ``train.sh``, ``eval.sh``): a checkpoint directory plus the compressor fields the
+user set -> model, matching processor, and the spec that actually runs (rule: :mod:`llava_vqtoken.spec_rule`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...config import CONFIG_KEY, CheckpointError
+from ...spec_rule import SpecDecision, resolve_spec
+
+STOCK_TYPE = "llava_onevision"
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # VQTokenLlavaOnevisionForConditionalGeneration
+    processor: Any  # VQTokenLlavaOnevisionProcessor, always matching the model's spec
+    decision: SpecDecision
+    path: str
+
+
+def _stderr(line: str) -> None:
+    print(f"[llava-vqtoken] {line}", file=sys.stderr)
+
+
+def checkpoint_config(path: str) -> dict[str, Any]:
+    """config.json of a local checkpoint directory (or of a hub id, through transformers)."""
+    local = Path(path)
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise CheckpointError(f"{path} is not a model directory: it has no config.json")
+        import json
+
+        return json.loads((local / "config.json").read_text())
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path).to_dict()
+
+
+def saved_spec(path: str) -> dict[str, Any] | None:
+    """The compressor spec a checkpoint was saved with; None for a stock LLaVA-OneVision."""
+    from .modeling import MODEL_TYPE
+
+    cfg = checkpoint_config(path)
+    kind = cfg.get("model_type")
+    if kind not in (STOCK_TYPE, MODEL_TYPE):
+        raise CheckpointError(f"{path} is a {kind!r} checkpoint, not LLaVA-OneVision")
+    return cfg.get(CONFIG_KEY) if kind == MODEL_TYPE else None
+
+
+def load_model(
+    path: str,
+    overrides: Mapping[str, Any] | None = None,
+    allow_override: bool = False,
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    note: Callable[[str], None] = _stderr,
+) -> LoadedModel:
+    """Load a VQToken checkpoint or convert a stock one, obeying the spec rule.
+
+    ``overrides``: the compressor fields the user set (flags, model_args); ``allow_override``: the
+    user asked to change trained-with or parameter fields of a VQToken checkpoint (--override-spec).
+    A change of the saved spec is reported through ``note`` in one line; a refused one raises
+    CheckpointError.
+    """
+    from transformers import AutoProcessor
+
+    from .modeling import VQTokenLlavaOnevisionForConditionalGeneration, VQTokenLlavaOnevisionProcessor
+
+    path = str(path)
+    decision = resolve_spec(saved_spec(path), overrides, allow_override, where=path)
+    keep = decision.from_checkpoint and not decision.changes
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(
+        path, video_compressor=None if keep else decision.spec.to_dict(), **kwargs
+    )
+    processor = VQTokenLlavaOnevisionProcessor.from_stock(AutoProcessor.from_pretrained(path), model.config)
+    line = decision.line()
+    if line:
+        note(f"{path}: {line}")
+    return LoadedModel(model, processor, decision, path)
