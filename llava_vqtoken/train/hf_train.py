@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..cli import add_compressor_args, config_from_args
+from ..cli import add_compressor_args, overrides_from_args
 
 log = logging.getLogger("llava_vqtoken.train")
 PARTS = ("vision_tower", "projector", "compressor", "language_model")
@@ -84,25 +84,16 @@ def deepspeed_config(choice: str) -> str | None:
 
 
 def build(args: argparse.Namespace):
-    from transformers import AutoProcessor
-
-    from ..hosts.hf import VQTokenLlavaOnevisionForConditionalGeneration, VQTokenLlavaOnevisionProcessor
+    """Model and processor through the one load-or-convert path (README "Which spec runs")."""
+    from ..hosts.hf.load import load_model
     from ..hosts.hf.tiny import build_tiny_llava_onevision, is_random
 
     model_dir = args.model or str(build_tiny_llava_onevision(preset=None if args.preset == "tiny" else args.preset))
     if is_random(model_dir):
         log.warning("model %s has RANDOM weights (tiny built-in default)", model_dir)
-    spec = config_from_args(args)
-    cfg_path = Path(model_dir) / "config.json"
-    is_vq = cfg_path.exists() and json.loads(cfg_path.read_text()).get("model_type") == "vqtoken_llava_onevision"
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    model = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(
-        model_dir, video_compressor=None if is_vq else spec.to_dict(), dtype=dtype
-    )
-    proc = AutoProcessor.from_pretrained(model_dir)
-    if not isinstance(proc, VQTokenLlavaOnevisionProcessor):
-        proc = VQTokenLlavaOnevisionProcessor.from_stock(proc, model.config)
-    return model, proc
+    loaded = load_model(model_dir, overrides_from_args(args), args.override_spec, dtype=dtype, note=log.warning)
+    return loaded.model, loaded.processor
 
 
 def apply_freezing_and_lora(model, args: argparse.Namespace):
@@ -183,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         max_steps=args.max_steps, save_steps=args.save_steps, logging_steps=args.logging_steps,
         save_total_limit=2, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
         bf16=args.bf16, deepspeed=ds_cfg, remove_unused_columns=False, report_to=[],
-        dataloader_num_workers=0, seed=args.seed, use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, seed=0 if args.seed is None else args.seed, use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False, save_only_model=False, ddp_find_unused_parameters=False,
     )
     model, proc = build(args)
