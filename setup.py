@@ -29,7 +29,8 @@ setup(
     ],
     extras_require={
         "hf": ["transformers>=5.0", "accelerate>=1.0", "peft", "deepspeed"],
-        "eval": ["lmms-eval==0.7.3", "decord", "av"],
+        # filelock 4.3 removed filelock._api, which lmms-eval 0.7.3 imports when it evaluates
+        "eval": ["lmms-eval==0.7.3", "filelock<4.3", "decord", "av"],
         "llava-next": [
             "transformers==4.45.2",
             "tokenizers>=0.20,<0.21",

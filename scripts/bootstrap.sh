@@ -1,15 +1,36 @@
 #!/usr/bin/env bash
-# Create ./.venv with everything the project needs, once. Idempotent: a second run only checks a stamp.
-# Works offline on the reference machine: torch/torchvision come from the local wheel cache, the rest from PyPI.
+# Create a virtual environment from a lock of exact versions, once. Idempotent: a second run only checks a stamp,
+# which covers the lock, setup.py and the set-up scripts, so a changed lock rebuilds the environment.
+#   scripts/bootstrap.sh                        ./.venv from locks/main.txt (what run.sh, test.sh, eval.sh use)
+#   scripts/bootstrap.sh --llava-next SRC       ./.venv-llava-next from locks/llava-next.txt plus the LLaVA-NeXT
+#                                               checkout SRC (commit b42941c), installed with --no-deps
+# VENV=DIR overrides the environment's folder in both cases. The locks are refreshed on purpose only, with
+# scripts/refresh_lock.sh (README, "Dependencies: the lock").
+# torch/torchvision come from this machine's local wheel directories (pip's configuration), the rest from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-.venv}
+usage="usage: scripts/bootstrap.sh [--llava-next LLAVA_NEXT_SRC]"
+SRC=""
+case "${1:-}" in
+  "") ;;
+  --llava-next)
+    [ $# -eq 2 ] || { echo "[bootstrap] error: --llava-next needs the path of a LLaVA-NeXT checkout; $usage" >&2; exit 2; }
+    SRC=$(cd "$2" 2>/dev/null && pwd) || { echo "[bootstrap] error: no such folder: $2" >&2; exit 2; }
+    [ -f "$SRC/llava/__init__.py" ] || { echo "[bootstrap] error: $2 is not a LLaVA-NeXT checkout (no llava/__init__.py)" >&2; exit 2; }
+    ;;
+  *) echo "[bootstrap] error: unknown argument '$1'; $usage" >&2; exit 2 ;;
+esac
+if [ -n "$SRC" ]; then
+  LOCK=locks/llava-next.txt; VENV=${VENV:-.venv-llava-next}; NOT_LOCKED="llava-vqtoken llava"
+else
+  LOCK=locks/main.txt; VENV=${VENV:-.venv}; NOT_LOCKED="llava-vqtoken"
+fi
 STAMP="$VENV/.llava_vqtoken_ready"
-want="$(sha256sum setup.py scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+want="$({ sha256sum setup.py scripts/bootstrap.sh scripts/check_lock.py "$LOCK"; echo "$SRC"; } | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
 fi
-echo "[bootstrap] setting up $VENV (first run takes a few minutes)" >&2
+echo "[bootstrap] setting up $VENV from $LOCK (first run takes a few minutes)" >&2
 # The venv takes about 7 GB (torch 2.14.1 is a CUDA build even when it runs on the CPU). Say so up front
 # rather than let pip fail half-way with "No space left on device".
 NEED_GB=${LLAVA_VQTOKEN_NEED_GB:-7}
@@ -19,13 +40,25 @@ if [ ! -x "$VENV/bin/python" ] && [ "$free_kb" -lt $((NEED_GB * 1024 * 1024)) ];
        "(set LLAVA_VQTOKEN_NEED_GB to override)" >&2
   exit 1
 fi
-export PIP_NO_CACHE_DIR=1
+export PIP_NO_CACHE_DIR=1 DS_BUILD_OPS=0
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
-"$PY" -m pip install -q --upgrade pip setuptools wheel
-# torch and torchvision must be the same build: PyPI's torchvision beside a CPU-only torch fails to import.
-"$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-export DS_BUILD_OPS=0
-"$PY" -m pip install -q -e ".[hf,eval,dev]"
+# -qq: errors only. pip's configuration here names local index folders that lack most packages, and -q would
+# still print one "Location ... is ignored" warning per package.
+pip_install() { "$PY" -m pip install -qq --disable-pip-version-check "$@"; }
+# pip, setuptools and wheel first, at their locked versions; then the whole lock in one resolve (pip checks
+# that the pinned set is consistent); then our package and LLaVA-NeXT on top, without dependencies.
+mapfile -t tools < <(grep -E '^(pip|setuptools|wheel)==' "$LOCK")
+pip_install "${tools[@]}"
+pip_install -r "$LOCK"
+pip_install --no-deps --no-build-isolation -e .
+if [ -n "$SRC" ]; then
+  pip_install --no-deps --no-build-isolation -e "$SRC"
+  head=$(git -C "$SRC" rev-parse --short=7 HEAD 2>/dev/null || echo unknown)
+  [ "$head" = b42941c ] || echo "[bootstrap] note: $SRC is at $head; the lock was tested with LLaVA-NeXT b42941c" >&2
+fi
+# Nothing beyond the lock may have come in (a lock that misses a dependency on this platform fails here).
+# shellcheck disable=SC2086
+"$PY" scripts/check_lock.py "$LOCK" --ignore $NOT_LOCKED
 echo "$want" > "$STAMP"
 echo "[bootstrap] ready: $VENV" >&2
