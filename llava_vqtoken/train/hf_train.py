@@ -138,7 +138,84 @@ def make_trainer_class():
                 ]
             return self.optimizer
 
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+            """Every weight of a full-model checkpoint, or an error naming those that do not fit.
+
+            transformers saves LLaVA-OneVision in the legacy key layout and the stock resume loads it with
+            ``strict=False``, which leaves all but the compressor at the base weights, with a warning only."""
+            target = model if model is not None else self.model
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled or not has_full_weights(resume_from_checkpoint):
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            load_full_checkpoint(target, resume_from_checkpoint)
+
     return VQTrainer
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint's weights do not match the model being resumed."""
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+KEYS_SHOWN = 8
+
+
+def has_full_weights(checkpoint: str) -> bool:
+    return any((Path(checkpoint) / f).exists() for f in WEIGHT_FILES)
+
+
+def _read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = checkpoint / WEIGHT_FILES[1]
+    if not index.exists():
+        return load_file(str(checkpoint / WEIGHT_FILES[0]), device="cpu")
+    out: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        out.update(load_file(str(checkpoint / shard), device="cpu"))
+    return out
+
+
+def saved_names(model: torch.nn.Module) -> dict[str, str]:
+    """Map the name each parameter/buffer gets in ``save_pretrained``'s file to its name in ``model``,
+    using transformers' own save-time renaming (one placeholder tensor per key identifies it)."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    runtime = list(model.state_dict())
+    marks = {k: torch.empty(0) for k in runtime}
+    by_id = {id(t): k for k, t in marks.items()}
+    reverted = revert_weight_conversion(model, dict(marks))
+    out = {}
+    for saved, t in reverted.items():
+        if id(t) not in by_id:
+            raise ResumeError(f"cannot map checkpoint key {saved} to the model (a weight conversion, not a rename)")
+        out[saved] = by_id[id(t)]
+    return out
+
+
+def load_full_checkpoint(model: torch.nn.Module, checkpoint: str) -> None:
+    """Load all of ``checkpoint``'s weights into ``model``; raise :class:`ResumeError` naming the keys
+    that are missing from it or that the model does not have (tied copies, saved once, count as loaded)."""
+    names = saved_names(model)
+    state = _read_weights(Path(checkpoint))
+    unexpected = sorted(k for k in state if k not in names)
+    mapped = {names[k]: v for k, v in state.items() if k in names}
+    result = model.load_state_dict(mapped, strict=False)
+    current = model.state_dict()
+    loaded = {current[k].data_ptr() for k in mapped}
+    missing = sorted(k for k in result.missing_keys if current[k].data_ptr() not in loaded)
+    if missing or unexpected:
+        raise ResumeError(
+            f"cannot resume from {checkpoint}: "
+            + "; ".join(([f"{len(missing)} weight(s) missing: {show(missing)}"] if missing else [])
+                        + ([f"{len(unexpected)} unknown key(s): {show(unexpected)}"] if unexpected else []))
+        )
+    log.info("resumed all %d weights from %s", len(mapped), checkpoint)
+
+
+def show(keys: list[str]) -> str:
+    """The first few of ``keys``, and how many more there are."""
+    more = len(keys) - KEYS_SHOWN
+    return ", ".join(keys[:KEYS_SHOWN]) + (f" (+{more} more)" if more > 0 else "")
 
 
 def _numel(p: torch.Tensor) -> int:
@@ -215,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     resume = None if args.no_resume else last_checkpoint(args.output_dir)
     if resume:
         log.info("resuming from %s (optimizer, scheduler and data position)", resume)
-    train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
+    try:
+        train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
+    except ResumeError as e:
+        raise SystemExit(f"train.sh: error: {e}") from None
     if dataset.skipped:
         log.warning("skipped %d sample(s) with unusable videos: %s", len(dataset.skipped), sorted(dataset.skipped))
     ranks = rank_report(trainer)
