@@ -274,6 +274,9 @@ def test_settings_parse_to_typed_fields_with_one_parser():
 BACKGROUND, NORM = 21_280, 17.7
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
 def _fp16_clip(d: int = 4) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     n = 32 * 27 * 27
@@ -283,23 +286,46 @@ def _fp16_clip(d: int = 4) -> torch.Tensor:
     return x.to(torch.float16).reshape(1, 32, 27, 27, d)
 
 
-def test_codebook_sums_do_not_overflow_in_fp16():
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_codebook_sums_do_not_overflow_in_fp16(device):
     from llava_vqtoken.core.keymap import codebook_means
 
-    x = _fp16_clip().reshape(1, -1, 4)
-    labels = (torch.arange(x.shape[1]) >= BACKGROUND).long()[None]
-    centroids = torch.nn.functional.normalize(torch.ones(1, 2, 4), dim=-1)
+    x = _fp16_clip().reshape(1, -1, 4).to(device)
+    labels = (torch.arange(x.shape[1], device=device) >= BACKGROUND).long()[None]
+    centroids = torch.nn.functional.normalize(torch.ones(1, 2, 4, device=device), dim=-1)
     for normalized in (False, True):
         book, counts = codebook_means(x, labels, 2, centroids, normalized=normalized)
         assert book.dtype == torch.float16 and torch.isfinite(book).all()
         assert counts[0, 0] == BACKGROUND
         expected = 0.5 if normalized else NORM / 2
-        torch.testing.assert_close(book[0, 0].float(), torch.full((4,), expected), atol=1e-2, rtol=1e-3)
+        torch.testing.assert_close(book[0, 0].float().cpu(), torch.full((4,), expected), atol=1e-2, rtol=1e-3)
 
 
-def test_fp16_clip_with_a_large_background_code_compresses_to_finite_tokens():
-    vq = build_compressor(CompressorConfig(num_tokens=8, attention="none"), 4)
-    out = vq(_fp16_clip())[0]
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_codebook_matches_fp32_and_carries_gradients(device, dtype):
+    from llava_vqtoken.core.keymap import codebook_means
+
+    g = torch.Generator().manual_seed(1)
+    x32 = torch.randn(2, 3000, 16, generator=g) * 4
+    labels = torch.randint(0, 5, (2, 3000), generator=g).to(device)
+    x = x32.to(dtype).to(device).requires_grad_()
+    centroids = torch.nn.functional.normalize(torch.randn(2, 5, 16, device=device), dim=-1)
+    book, _ = codebook_means(x, labels, 5, centroids)
+    want, _ = codebook_means(x.detach().float(), labels, 5, centroids)
+    torch.testing.assert_close(book.float(), want, atol=2e-2, rtol=1e-2)
+    book.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp16_clip_with_a_large_background_code_compresses_to_finite_tokens(device):
+    vq = build_compressor(CompressorConfig(num_tokens=8, attention="none"), 4).to(device)
+    with torch.no_grad():
+        vq(_fp16_clip().to(device))  # on CUDA: capture, then replay
+        out = vq(_fp16_clip().to(device))[0]
     assert torch.isfinite(out.codebook).all() and torch.isfinite(out.tokens).all()
     assert out.codebook.float().norm(dim=-1).max() <= NORM * 1.01
 

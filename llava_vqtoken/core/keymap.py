@@ -23,6 +23,22 @@ def canonical_order(labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     return inv.gather(1, labels), perm
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+def member_sums(oh: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Per-code sums [B, K, D] in fp32 of ``src`` [B, N, D] under the one-hot ``oh`` [B, N, K].
+
+    Never in half precision: a code's sum over thousands of members overflows fp16 (65,504) long before
+    its mean does (21,280 background tokens of norm 17.7 sum to 376,600). On CUDA, half inputs go
+    through the matmul with an fp32 output (no fp32 copy of the tokens; that op has no backward, so
+    not when gradients flow); elsewhere in fp32."""
+    needs_grad = torch.is_grad_enabled() and (src.requires_grad or oh.requires_grad)
+    if src.is_cuda and src.dtype in HALF and not needs_grad:
+        return torch.bmm(oh.transpose(1, 2), src, out_dtype=torch.float32)
+    return torch.bmm(oh.transpose(1, 2).float(), src.float())
+
+
 def codebook_means(
     x: torch.Tensor, labels: torch.Tensor, k: int, centroids: torch.Tensor, normalized: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,12 +49,9 @@ def codebook_means(
     input, e.g. identical tokens) takes its centroid direction scaled to the mean token norm, so no
     code is ever all-zero. Sums and divides in fp32, returns ``x.dtype``.
     """
-    # sums in fp32: a code's sum over thousands of members overflows fp16 (65,504) long before its mean does
-    # (21,280 background tokens of norm ~17 give Inf), and a half-precision matmul output would hold the sum
-    src = F.normalize(x.float(), dim=-1, eps=1e-12) if normalized else x.float()
-    oh = one_hot(labels, k, torch.float32)  # [B, N, K]
+    src = F.normalize(x.float(), dim=-1, eps=1e-12).to(x.dtype) if normalized else x
     counts = _counts(labels, k)
-    sums = torch.bmm(oh.transpose(1, 2), src)
+    sums = member_sums(one_hot(labels, k, x.dtype), src)
     means = sums / counts.clamp_min(1.0).unsqueeze(-1)
     scale = src.float().norm(dim=-1).mean(dim=1, keepdim=True).unsqueeze(-1)  # [B, 1, 1]
     fallback = centroids.float() * scale
