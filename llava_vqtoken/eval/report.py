@@ -184,12 +184,12 @@ def build_figure(rows: list[dict[str, Any]]):
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     runs = list(dict.fromkeys(r["run"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(9.5 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for i, r in enumerate(r for r in rows if r["task"] == task):
             ax.scatter(r["visual_tokens"], r["accuracy"], marker=MARKERS[runs.index(r["run"]) % len(MARKERS)],
                        s=110 - 80 * i / max(len(runs) - 1, 1), facecolors="none",
-                       edgecolors=f"C{runs.index(r['run']) % 10}", label=r["run"])
+                       edgecolors=f"C{runs.index(r['run']) % 10}", label=r["run"], clip_on=False, zorder=3)
         chance = chance_of(task)
         if chance is not None:
             ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:g}%)")

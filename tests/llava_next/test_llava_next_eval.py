@@ -18,6 +18,6 @@ def test_vqtoken_llava_next_through_lmms_eval_cli(tmp_path):
                    "--device", "cpu"])
     log = (tmp_path / "ev" / "vqtoken-num_tokens=8" / "lmms_eval.log").read_text()
     assert rc == 0, log[-3000:]
-    rows = json.loads((tmp_path / "ev" / "report.json").read_text())
+    rows = json.loads((tmp_path / "ev" / "report.json").read_text())["rows"]
     assert [r["run"] for r in rows] == ["vqtoken-num_tokens=8", "tome-num_tokens=8"]
     assert all(r["samples"] == 2 and r["visual_tokens"] == 9 for r in rows)  # 8 + image_newline
