@@ -17,17 +17,17 @@ def sample_indices(total: int, num_frames: int) -> np.ndarray:
     return np.linspace(0, total - 1, num_frames, dtype=int)
 
 
-def _decode_decord(path: str, num_frames: int) -> np.ndarray:
+def _decode_decord(path: str, num_frames: int) -> tuple[np.ndarray, int]:
     from decord import VideoReader, cpu  # type: ignore[import-not-found]
 
     vr = VideoReader(path, ctx=cpu(0), num_threads=1)
     total = len(vr)
     if total == 0:
         raise VideoError(f"video has no frames: {path}")
-    return vr.get_batch(sample_indices(total, num_frames).tolist()).asnumpy()
+    return vr.get_batch(sample_indices(total, num_frames).tolist()).asnumpy(), total
 
 
-def _decode_pyav(path: str, num_frames: int) -> np.ndarray:
+def _decode_pyav(path: str, num_frames: int) -> tuple[np.ndarray, int]:
     import av
 
     with av.open(path) as container:
@@ -36,10 +36,10 @@ def _decode_pyav(path: str, num_frames: int) -> np.ndarray:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     if not frames:
         raise VideoError(f"video has no frames: {path}")
-    return np.stack([frames[i] for i in sample_indices(len(frames), num_frames)])
+    return np.stack([frames[i] for i in sample_indices(len(frames), num_frames)]), len(frames)
 
 
-def _decode_opencv(path: str, num_frames: int) -> np.ndarray:
+def _decode_opencv(path: str, num_frames: int) -> tuple[np.ndarray, int]:
     import cv2  # type: ignore[import-not-found]
 
     cap = cv2.VideoCapture(path)
@@ -51,7 +51,7 @@ def _decode_opencv(path: str, num_frames: int) -> np.ndarray:
     cap.release()
     if not frames:
         raise RuntimeError("OpenCV read no frames")
-    return np.stack([frames[i] for i in sample_indices(len(frames), num_frames)])
+    return np.stack([frames[i] for i in sample_indices(len(frames), num_frames)]), len(frames)
 
 
 _DECODERS = {"decord": _decode_decord, "pyav": _decode_pyav, "opencv": _decode_opencv}
@@ -62,7 +62,15 @@ def load_video(path: str | os.PathLike[str], num_frames: int, backend: str = "au
 
     ``backend``: ``auto`` (decord, then PyAV, then OpenCV), ``decord``, ``pyav`` or ``opencv``. Raises
     VideoError with one line naming the problem (missing file, corrupt file, zero frames, bad frame count).
+    A clip with fewer than ``num_frames`` frames repeats some; :func:`load_video_counted` also says how many it has.
     """
+    return load_video_counted(path, num_frames, backend)[0]
+
+
+def load_video_counted(
+    path: str | os.PathLike[str], num_frames: int, backend: str = "auto"
+) -> tuple[np.ndarray, int]:
+    """:func:`load_video`, plus the number of frames the clip really has (fewer than ``num_frames``: repeats)."""
     path = str(path)
     if num_frames < 1:
         raise VideoError(f"number of frames must be >= 1, got {num_frames}")
@@ -78,7 +86,7 @@ def load_video(path: str | os.PathLike[str], num_frames: int, backend: str = "au
     errors = []
     for name in backends:
         try:
-            out = _DECODERS[name](path, num_frames)
+            out, total = _DECODERS[name](path, num_frames)
         except VideoError:
             raise
         except ImportError as e:
@@ -89,7 +97,7 @@ def load_video(path: str | os.PathLike[str], num_frames: int, backend: str = "au
             continue
         if out.ndim != 4 or out.shape[0] == 0:
             raise VideoError(f"video has no frames: {path}")
-        return out
+        return out, total
     raise VideoError(f"cannot decode video {path}: {'; '.join(errors)}")
 
 

@@ -2,7 +2,7 @@
 
 Conversations use the LLaVA convention: {"from": "human"|"gpt", "value": "..."}, with ``<image>`` or
 ``<video>`` marking where the video goes in the first human turn. Records without "video" are
-text-only. Loss is computed on the assistant turns only.
+text-only. Every assistant turn is supervised; every other token (system, human turns, video) is masked.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..video import VideoError, load_video, make_video
+from ..video import VideoError, load_video_counted, make_video
 
 log = logging.getLogger("llava_vqtoken.train")
 IGNORE = -100
@@ -47,6 +47,7 @@ class VideoQADataset(Dataset):
         self.root = path.parent
         self.processor, self.frames, self.max_length = processor, frames, max_length
         self.skipped: set[str] = set()
+        self.short_videos: dict[str, int] = {}  # path -> frames it really has, when fewer than asked
 
     def __len__(self) -> int:
         return len(self.records)
@@ -56,27 +57,31 @@ class VideoQADataset(Dataset):
         return str(p if p.is_absolute() else self.root / p)
 
     def encode(self, rec: dict[str, Any]) -> dict[str, torch.Tensor]:
-        has_video = "video" in rec and rec["video"]
-        frames = load_video(self._video_path(rec), self.frames) if has_video else None
-        msgs = _messages(rec["conversations"], bool(has_video))
-        tok = self.processor.tokenizer
-        # prompt = everything up to the last assistant turn; labels cover that turn only
-        prompt = self.processor.apply_chat_template(msgs[:-1], add_generation_prompt=True)
-        full = self.processor.apply_chat_template(msgs, add_generation_prompt=False)
+        has_video = bool(rec.get("video"))
+        frames = self._frames(self._video_path(rec)) if has_video else None
+        msgs = _messages(rec["conversations"], has_video)
         kw: dict[str, Any] = {"return_tensors": "pt"}
         if frames is not None:
             kw["videos"] = [frames]
-        enc = self.processor(text=full, **kw)
-        n_prompt = self.processor(text=prompt, **kw)["input_ids"].shape[1]
-        ids = enc["input_ids"][0][: self.max_length]
-        labels = ids.clone()
-        labels[: min(n_prompt, len(ids))] = IGNORE
+        enc = self.processor(text=self.processor.apply_chat_template(msgs, add_generation_prompt=False), **kw)
+        ids = enc["input_ids"][0]
+        labels = assistant_labels(self.processor, msgs, ids)
+        ids, labels = ids[: self.max_length], labels[: self.max_length]
         item = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
         if frames is not None:
             item["pixel_values_videos"] = enc["pixel_values_videos"][0]
-        if tok.eos_token_id is not None and ids[-1] != tok.eos_token_id:
-            pass  # the chat template already closes the assistant turn
         return item
+
+    def _frames(self, path: str) -> Any:
+        """Decode ``self.frames`` frames; a clip with fewer is reported once and recorded with its count."""
+        if path in self.skipped:  # known unusable: do not decode again (its decoder errors were shown once)
+            raise VideoError(f"unusable video (skipped before): {path}")
+        frames, total = load_video_counted(path, self.frames)
+        if total < self.frames and path not in self.short_videos:
+            self.short_videos[path] = total
+            log.warning("video has %d frame(s), fewer than --frames %d: frames repeat (%d such clip(s) so far): %s",
+                        total, self.frames, len(self.short_videos), path)
+        return frames
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         for attempt in range(len(self.records)):
@@ -89,6 +94,36 @@ class VideoQADataset(Dataset):
                     self.skipped.add(name)
                     log.warning("skipping sample with unusable video (%d skipped so far): %s", len(self.skipped), e)
         raise VideoError("no usable video in the whole training set")
+
+
+def assistant_labels(processor, msgs: list[dict[str, Any]], ids: torch.Tensor) -> torch.Tensor:
+    """Labels for ``ids`` (the whole conversation, video placeholders expanded): every assistant turn as
+    the chat template renders it (its text and end-of-turn marker) keeps its ids, all else is IGNORE.
+
+    Each turn's span comes from the token length of the rendered conversation up to it, so any chat
+    template works whose renderings of successive prefixes are token prefixes of the whole (checked)."""
+    tok = processor.tokenizer
+    plain = tok(processor.apply_chat_template(msgs, add_generation_prompt=False))["input_ids"]
+    video_id = tok.convert_tokens_to_ids(processor.video_token)
+    expanded = len(ids) - len(plain)  # placeholder tokens the processor added for the video
+    if expanded and plain.count(video_id) != 1:
+        raise ValueError(f"expected one video placeholder in the conversation, found {plain.count(video_id)}")
+
+    def end_of(prefix: list[dict[str, Any]], generation_prompt: bool) -> int:
+        if not prefix and not generation_prompt:
+            return 0
+        part = tok(processor.apply_chat_template(prefix, add_generation_prompt=generation_prompt))["input_ids"]
+        if plain[: len(part)] != part:
+            raise ValueError("the chat template does not render conversation prefixes as token prefixes; "
+                             "cannot tell which tokens belong to the assistant turns")
+        return len(part) + (expanded if video_id in part else 0)
+
+    labels = torch.full_like(ids, IGNORE)
+    for n, m in enumerate(msgs):
+        if m["role"] == "assistant":
+            start, end = end_of(msgs[:n], True), end_of(msgs[: n + 1], False)
+            labels[start:end] = ids[start:end]
+    return labels
 
 
 def collate(batch: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
