@@ -196,7 +196,7 @@ def test_random_attention_never_reads_masked_codes():
 
         handle = att.v_proj.register_forward_hook(hook)
         try:
-            return att(codebook, key_map, active=mask, generator=torch.Generator().manual_seed(5))
+            return att(codebook, key_map, active=mask, draw=lambda fn: fn(torch.Generator().manual_seed(5)))
         finally:
             handle.remove()
 
