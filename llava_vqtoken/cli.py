@@ -36,7 +36,8 @@ def add_compressor_args(p: argparse.ArgumentParser) -> None:
                    help=f"method (config: name; default {d.name})")
     p.add_argument("--num-tokens", type=int, default=None,
                    help=f"token budget per video (K codes; default {d.num_tokens}; for pool: stock 2x pooling)")
-    p.add_argument("--adaptive", choices=["elbow", "silhouette"], default=None, help="choose K per video")
+    p.add_argument("--adaptive", choices=["elbow", "silhouette", "elbow_released"], default=None,
+                   help="choose K per video (elbow_released: the authors' release's rule)")
     p.add_argument("--min-codes", type=int, default=None, help=f"default {d.min_codes}")
     p.add_argument("--max-codes", type=int, default=None, help=f"default {d.max_codes}")
     p.add_argument("--iters", type=int, default=None, help=f"default {d.iters}")
