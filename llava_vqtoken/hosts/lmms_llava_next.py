@@ -18,24 +18,33 @@ from typing import Any
 
 import torch
 
-from ..config import CompressorConfig
-from .lmms_plugin import VideoLmms, compressor_from_model_args
+from ..config import CONFIG_KEY, CompressorConfig
+from ..spec_rule import resolve_spec
+from .lmms_plugin import VideoLmms, parse_bool, spec_fields_from_model_args
+
+#: overwrite_config key that allows a change of a saved spec (llava_vqtoken.llava_next.OVERRIDE_KEY)
+OVERRIDE_KEY = "video_compressor_override_spec"
 
 
 def overwrite_for(model_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """model_args -> (overwrite_config entries for load_pretrained_model, the remaining args)."""
+    """model_args -> (overwrite_config entries for load_pretrained_model, the remaining args).
+
+    ``video_compressor`` holds only the fields the user set (all of ``released()`` with
+    ``released=true``), so a VQToken checkpoint keeps the rest of its saved spec and a stock one takes
+    the defaults (README "Which spec runs"); ``override_spec=true`` lets them change a saved spec."""
     args = dict(model_args)
-    released = str(args.pop("released", "false")).lower() in ("1", "true", "yes")
-    spec, rest = compressor_from_model_args(args)
+    released = parse_bool("released", args.pop("released", False))
+    allow = parse_bool("override_spec", args.pop("override_spec", False))
+    given, rest = spec_fields_from_model_args(args)
     if released:  # the authors' behaviour, with any field the user set on top
-        default = CompressorConfig().to_dict()
-        given = {} if spec is None else {k: v for k, v in spec.to_dict().items() if v != default[k]}
-        spec = CompressorConfig.released(**given)
-    if spec is None:
-        spec = CompressorConfig(num_tokens=32)
+        given = CompressorConfig.released(**given).to_dict()
+    resolve_spec(None, given)  # the values alone are valid (the checkpoint's spec is checked at load)
     if "frames" in rest:
         rest["max_frames_num"] = int(rest.pop("frames"))
-    return {"video_compressor": spec.to_dict()}, rest
+    overwrite: dict[str, Any] = {CONFIG_KEY: given}
+    if allow:
+        overwrite[OVERRIDE_KEY] = True
+    return overwrite, rest
 
 
 class VQTokenLlavaNext(VideoLmms):
@@ -82,7 +91,7 @@ class VQTokenLlavaNext(VideoLmms):
         self.batch_size_per_gpu = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.stats_file = stats_file or os.environ.get("LLAVA_VQTOKEN_STATS")
-        self.spec = CompressorConfig.from_dict(overwrite["video_compressor"])
+        self.spec = CompressorConfig.from_dict(self.model.config.video_compressor)  # what runs, after the rule
 
     def _prompt(self, context: str) -> str:
         from llava.constants import DEFAULT_IMAGE_TOKEN

@@ -17,12 +17,22 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import CONFIG_KEY, CompressorConfig
+from ..config import CONFIG_KEY, CheckpointError, CompressorConfig
+from ..spec_rule import PARAMETER_FIELDS, SpecDecision, resolve_spec
+
+#: config attribute (an ``overwrite_config`` entry) that lets the given spec change a checkpoint's
+#: trained-with or parameter fields (README "Which spec runs"); never saved
+OVERRIDE_KEY = "video_compressor_override_spec"
+#: weight-name prefix of the authors' released checkpoint (its config.json has no video_compressor)
+RELEASED_PREFIX = "model.cross_attention."
 
 KNOWN = {
     "LlavaMetaModel.__init__": ["self", "config"],
@@ -64,14 +74,108 @@ def spec_of(config) -> CompressorConfig | None:
     return CompressorConfig.from_dict(raw)
 
 
+def _note(line: str) -> None:
+    print(f"[llava-vqtoken] {line}", file=sys.stderr)
+
+
+def _weight_keys(path: Path) -> list[str]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        return list(json.loads(index.read_text())["weight_map"])
+    if (path / "model.safetensors").exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path / "model.safetensors"), "pt") as f:
+            return list(f.keys())
+    return []
+
+
+def _local_dir(name: str) -> Path | None:
+    """The directory holding a checkpoint's config.json: the path itself, or a hub id's cached snapshot."""
+    if (Path(name) / "config.json").is_file():
+        return Path(name)
+    from transformers.utils import cached_file
+
+    try:
+        found = cached_file(name, "config.json", local_files_only=True, _raise_exceptions_for_missing_entries=False)
+    except (OSError, ValueError):  # not a hub id, or not in the cache
+        return None
+    return Path(found).parent if found else None
+
+
+def saved_spec(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The spec a local llava_qwen checkpoint was saved with: its config.json's ``video_compressor``,
+    else :meth:`CompressorConfig.released` for the authors' layout (``model.cross_attention.*``
+    weights), else None (stock). A hub id is read from the local hub cache, where the loader has put
+    the files before it builds the model."""
+    root = _local_dir(str(path))
+    if root is None:
+        return None
+    raw = json.loads((root / "config.json").read_text()).get(CONFIG_KEY)
+    if raw is not None:
+        return CompressorConfig.from_dict(raw).to_dict()
+    if any(k.startswith(RELEASED_PREFIX) for k in _weight_keys(root)):
+        return CompressorConfig.released().to_dict()
+    if any(".video_compressor." in k for k in _weight_keys(root)):
+        raise CheckpointError(f"{path} holds video_compressor weights but no video_compressor spec in config.json")
+    return None
+
+
+def decide(config) -> SpecDecision | None:
+    """The spec rule at model construction: the checkpoint on disk (``config._name_or_path``) against
+    the spec in ``config`` (an ``overwrite_config`` entry, whole or partial). None: stock, no spec."""
+    raw = getattr(config, CONFIG_KEY, None)
+    requested = CompressorConfig.from_dict(raw).to_dict() if isinstance(raw, str) else raw
+    path = str(getattr(config, "_name_or_path", "") or "")
+    saved = saved_spec(path) if path else None
+    allow = bool(getattr(config, OVERRIDE_KEY, False))
+    if hasattr(config, OVERRIDE_KEY):
+        delattr(config, OVERRIDE_KEY)
+    if saved is None and requested is None:
+        return None
+    decision = resolve_spec(saved, requested or {}, allow, where=path or "the checkpoint")
+    line = decision.line()
+    if line:
+        _note(f"{path}: {line}")
+    elif saved is not None and raw is None and CONFIG_KEY not in _saved_keys(path):
+        _note(f"{path}: the authors' released layout (model.cross_attention.*): running CompressorConfig.released()")
+    return decision
+
+
+def _saved_keys(path: str) -> set[str]:
+    root = _local_dir(path)
+    return set(json.loads((root / "config.json").read_text())) if root is not None else set()
+
+
+def _new_parameters(decision: SpecDecision) -> bool:
+    """The compressor's parameters are not in the checkpoint: a conversion, or an asked-for change of its layout."""
+    return not decision.from_checkpoint or bool(set(decision.overridden) & PARAMETER_FIELDS)
+
+
+def _seed_when_loaded(comp) -> None:
+    """transformers (4.45) leaves a new module's weights that its ``_init_weights`` does not know as
+    uninitialised memory; it calls every module's ``_tie_weights`` after loading, so a new compressor
+    is set from its own seed there (on this instance only)."""
+
+    def seed() -> None:
+        if not any(p.is_meta for m in comp.compute_modules().values() for p in m.parameters(recurse=False)):
+            comp.reset_parameters()
+
+    object.__setattr__(comp, "_tie_weights", seed)
+
+
 def attach_compressor(model, config) -> None:
-    """Build the compressor on an ``LlavaMetaModel`` from ``config.video_compressor`` (idempotent)."""
+    """Build the compressor on an ``LlavaMetaModel`` from ``config.video_compressor`` (idempotent),
+    obeying the spec rule against the checkpoint being loaded."""
     from ..core import build_compressor
     from ..core.vq_attention import ReleasedVQAttention
 
-    spec = spec_of(config)
-    if spec is None or getattr(model, "video_compressor", None) is not None:
+    if getattr(model, "video_compressor", None) is not None:
         return
+    decision = decide(config)
+    if decision is None:
+        return
+    spec = decision.spec
     if getattr(config, "mm_newline_position", "one_token") == "grid":
         raise ValueError(
             "llava-vqtoken: mm_newline_position='grid' needs a square token grid; use one_token (LLaVA-OneVision's "
@@ -86,6 +190,20 @@ def attach_compressor(model, config) -> None:
         model.cross_attention = comp.detach_attention()  # the authors' parameter names: model.cross_attention.*
     model.video_compressor = comp
     setattr(config, CONFIG_KEY, spec.to_dict())
+    if _new_parameters(decision):
+        _seed_when_loaded(comp)
+
+
+def follow_training_flags(model, given: str | dict) -> None:
+    """``--video_compressor`` on a checkpoint that already has a compressor: the spec rule (runtime
+    fields change and are reported, any other change is refused in one line)."""
+    comp = model.video_compressor
+    fields = CompressorConfig.from_dict(given).to_dict() if isinstance(given, str) else dict(given)
+    decision = resolve_spec(comp.config, fields, where="the checkpoint being trained")
+    if decision.changes:
+        comp.config = decision.spec
+        setattr(model.config, CONFIG_KEY, decision.spec.to_dict())
+        _note(f"--video_compressor: {decision.line()}")
 
 
 def install() -> None:
@@ -97,17 +215,27 @@ def install() -> None:
     _check(arch)
     meta, causal = arch.LlavaMetaModel, arch.LlavaMetaForCausalLM
     _ORIGINAL.update(init=meta.__init__, init_vision=meta.initialize_vision_modules, pool=causal.get_2dPool,
-                     encode=causal.encode_images, prepare=causal.prepare_inputs_labels_for_multimodal)
+                     encode=causal.encode_images, prepare=causal.prepare_inputs_labels_for_multimodal,
+                     default_dtype=torch.get_default_dtype())
 
     def __init__(self, config):
         _ORIGINAL["init"](self, config)
-        if hasattr(config, "mm_vision_tower") and spec_of(config) is not None:
+        if not hasattr(config, "mm_vision_tower"):
+            return
+        try:  # a spec in config, or a checkpoint saved with one
             attach_compressor(self, config)
+        except Exception:
+            # transformers 4.45 sets the checkpoint's dtype as torch's default while it builds the model
+            # and does not put it back when the constructor raises: put back the process's own
+            torch.set_default_dtype(_ORIGINAL["default_dtype"])
+            raise
 
     def initialize_vision_modules(self, model_args, fsdp=None):
         _ORIGINAL["init_vision"](self, model_args, fsdp)
         spec = getattr(model_args, CONFIG_KEY, None)
-        if spec:
+        if spec and getattr(self, "video_compressor", None) is not None:
+            follow_training_flags(self, spec)
+        elif spec:
             setattr(self.config, CONFIG_KEY, json.loads(spec) if isinstance(spec, str) else spec)
         attach_compressor(self, self.config)
 
