@@ -10,12 +10,14 @@ from .compressor import (
     build_compressor,
     pad_tokens,
 )
+from .graphs import CodeCache
 from .kmeans import KMeansResult, cosine_kmeans
 from .metrics import REFERENCE_TOKENS, prefill_flops, tokdense, token_ratio
 
 __all__ = [
     "AdaptiveChoice",
     "BaselineCompressor",
+    "CodeCache",
     "CompressedVideo",
     "CompressionError",
     "KMeansResult",

@@ -7,7 +7,8 @@ distortion of each partition follows exactly from per-cluster sums (a K_top x K_
 and the cosine silhouette of a token sample follows from its similarities to the cluster sums, so
 model selection costs almost nothing. The chosen partition is then refined by a few Lloyd steps.
 Selection runs over the whole curve (K = 1 .. K_top) and is clamped to [k_min, k_max]; the result
-says when it was clamped.
+says when it was clamped. ``elbow_released`` applies the authors' release's rule to the same curve
+(see :func:`released_elbow_k`), for checkpoints trained and evaluated with it.
 """
 
 from __future__ import annotations

@@ -164,6 +164,10 @@ class VideoCompressor(nn.Module):
         for prefix, module in modules.items():
             parent, child = parents.get(id(module), (None, ""))
             for name, p in module.named_parameters(recurse=False):
+                if p.numel() == 0 and hasattr(p, "ds_shape"):
+                    # partitioned at construction by DeepSpeed ZeRO-3: the host sets it once gathered
+                    # (hosts/hf: seed_compressor_parameters, from a compressor built by this method)
+                    continue
                 g = _param_generator(self.config.seed, f"{prefix}.{name}" if prefix else name)
                 value = initial_value(module, name, p.shape, g, parent, child)
                 with torch.no_grad():
