@@ -50,7 +50,7 @@ def _batches(v: int, n: int) -> list[tuple[list[int], int]]:
 def _check_batch_invariance(vq, feats: torch.Tensor) -> None:
     n = feats.shape[0]
     with torch.no_grad():
-        for v in range(n):
+        for v in (0, n - 1):  # the simplest and the most complex video, each with every kind of mate
             alone = vq(feats[v : v + 1])[0]
             for batch, pos in _batches(v, n):
                 got = vq(feats[batch])[pos]
