@@ -236,13 +236,18 @@ def test_eval_model_keeps_the_saved_attention_and_codebook(saved_vq, capfd):
     assert "num_tokens 16 -> 32" in capfd.readouterr().err
 
 
-def test_train_build_keeps_the_saved_spec_unless_asked(saved_vq):
+def test_train_build_keeps_the_saved_spec_unless_asked(saved_vq, capsys, tmp_path):
     from llava_vqtoken.train.hf_train import build, parse_args
 
     model, proc = build(parse_args(["--model", str(saved_vq["VQ32"])]))
     assert model.config.compressor.num_tokens == 32 and proc.video_compressor["num_tokens"] == 32
-    with pytest.raises(CheckpointError, match="num_tokens=32; num_tokens=12"):
-        build(parse_args(["--model", str(saved_vq["VQ32"]), "--num-tokens", "12"]))
+    capsys.readouterr()
+    for flags, words in ((["--model", str(saved_vq["VQ32"]), "--num-tokens", "12"], "num_tokens=32; num_tokens=12"),
+                         (["--model", str(tmp_path)], "is not a model directory: it has no config.json")):
+        with pytest.raises(SystemExit) as e:
+            build(parse_args(flags))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("train.sh: error: ") and words in err[0]
     model, proc = build(parse_args(["--model", str(saved_vq["VQ32"]), "--num-tokens", "12", "--override-spec"]))
     assert model.config.compressor.num_tokens == 12 and proc.video_compressor["num_tokens"] == 12
 

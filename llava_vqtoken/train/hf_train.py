@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from ..cli import add_compressor_args, overrides_from_args
+from ..cli import EXIT_BAD_INPUT, add_compressor_args, overrides_from_args
+from ..config import CheckpointError, ConfigError
 
 log = logging.getLogger("llava_vqtoken.train")
 PARTS = ("vision_tower", "projector", "compressor", "language_model")
@@ -92,7 +93,11 @@ def build(args: argparse.Namespace):
     if is_random(model_dir):
         log.warning("model %s has RANDOM weights (tiny built-in default)", model_dir)
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    loaded = load_model(model_dir, overrides_from_args(args), args.override_spec, dtype=dtype, note=log.warning)
+    try:
+        loaded = load_model(model_dir, overrides_from_args(args), args.override_spec, dtype=dtype, note=log.warning)
+    except (CheckpointError, ConfigError) as e:  # bad input: one line, exit status 2
+        print(f"train.sh: error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
     return loaded.model, loaded.processor
 
 
