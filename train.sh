@@ -6,7 +6,8 @@
 #
 # --host hf (default): transformers host (python -m llava_vqtoken.train.hf_train --help lists its options:
 #   --model --data --frames --num-tokens/--adaptive ... --deepspeed zero2|zero3|PATH --lora --freeze
-#   --lr --compressor-lr --projector-lr --vision-lr --max-steps --batch-size --grad-accum --save-steps ...).
+#   --lr --compressor-lr --projector-lr --vision-lr --epochs|--max-steps --batch-size --grad-accum --save-steps ...).
+#   Length: --epochs E (default 1) or --max-steps N, never both (refused). --adaptive is refused (fixed K only).
 # --host llava-next: LLaVA-NeXT's own train() with VQToken added (python -m llava_vqtoken.llava_next.train;
 #   LLaVA-NeXT's flags plus --video_compressor '{"num_tokens": 32}' --video_compressor_lr and the
 #   video_compressor entry of --mm_tunable_parts). Needs LLaVA-NeXT installed (README) and arguments.

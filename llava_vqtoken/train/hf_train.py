@@ -15,7 +15,7 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -25,6 +25,9 @@ from ..config import CheckpointError, ConfigError
 log = logging.getLogger("llava_vqtoken.train")
 PARTS = ("vision_tower", "projector", "compressor", "language_model")
 DS_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+DEFAULT_EPOCHS = 1.0
+ADAPTIVE_REFUSED = ("--adaptive cannot be trained: the processor must know each video's token count before the "
+                    "model runs; train with a fixed --num-tokens")
 
 
 def part_of(name: str) -> str:
@@ -55,8 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compressor-lr", type=float, default=1e-3)
     p.add_argument("--projector-lr", type=float, default=5e-4)
     p.add_argument("--vision-lr", type=float, default=2e-6)
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, default=30)
+    p.add_argument("--epochs", type=float, default=None,
+                   help=f"passes over the data (default {DEFAULT_EPOCHS}); give this or --max-steps, not both")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (instead of --epochs)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--save-steps", type=int, default=10)
@@ -68,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop as if interrupted after N optimizer steps (to test resumption)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.epochs is not None and a.max_steps is not None:
+        p.error("give --epochs or --max-steps, not both (--max-steps would override --epochs)")
+    if (a.epochs is not None and a.epochs <= 0) or (a.max_steps is not None and a.max_steps <= 0):
+        p.error("--epochs and --max-steps must be > 0")
+    if a.adaptive:
+        p.error(ADAPTIVE_REFUSED)
     bad = set(filter(None, a.freeze.split(","))) - set(PARTS)
     if bad:
         p.error(f"--freeze: unknown part(s) {', '.join(sorted(bad))}; choose from {', '.join(PARTS)}")
@@ -227,6 +237,12 @@ def _numel(p: torch.Tensor) -> int:
     return int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 partitions parameters to size 0
 
 
+def fail(message: str) -> NoReturn:
+    """Stop with one line on stderr and exit status 2 (bad input or a setting that cannot be honoured)."""
+    print(f"train.sh: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def last_checkpoint(output_dir: str) -> str | None:
     found = sorted(glob.glob(os.path.join(output_dir, "checkpoint-*")), key=lambda p: int(p.rsplit("-", 1)[1]))
     return found[-1] if found else None
@@ -235,6 +251,9 @@ def last_checkpoint(output_dir: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     args = parse_args(argv)
+    from .ranks import quiet_deepspeed_accelerator
+
+    quiet_deepspeed_accelerator()
     from transformers import TrainerCallback, TrainingArguments
     from transformers.utils import logging as hf_logging
 
@@ -252,14 +271,18 @@ def main(argv: list[str] | None = None) -> int:
     # TrainingArguments first, so ZeRO-3 can partition weights while they load
     targs = TrainingArguments(
         output_dir=args.output_dir, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, num_train_epochs=args.epochs,
-        max_steps=args.max_steps, save_steps=args.save_steps, logging_steps=args.logging_steps,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
+        num_train_epochs=DEFAULT_EPOCHS if args.epochs is None else args.epochs,
+        max_steps=-1 if args.max_steps is None else args.max_steps,
+        save_steps=args.save_steps, logging_steps=args.logging_steps,
         save_total_limit=2, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
         bf16=args.bf16, deepspeed=ds_cfg, remove_unused_columns=False, report_to=[],
         dataloader_num_workers=0, seed=0 if args.seed is None else args.seed, use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False, save_only_model=False, ddp_find_unused_parameters=False,
     )
     model, proc = build(args)
+    if model.config.compressor.adaptive:
+        fail(f"{args.model} has an adaptive-K compressor; {ADAPTIVE_REFUSED}")
     model = apply_freezing_and_lora(model, args)
     data_path = args.data or str(make_demo_dataset(Path(args.output_dir) / "demo_data"))
     dataset = VideoQADataset(data_path, proc, args.frames)
@@ -292,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     timer = step_timer()
     trainer = trainer_cls(
         model=model, args=targs, train_dataset=dataset, callbacks=[Record(), timer],
+        processing_class=proc,  # saved into every checkpoint-N, so each one loads and evaluates on its own
         data_collator=partial(collate, pad_id=proc.tokenizer.pad_token_id),
     )
     resume = None if args.no_resume else last_checkpoint(args.output_dir)
@@ -300,9 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     except ResumeError as e:
-        raise SystemExit(f"train.sh: error: {e}") from None
+        fail(str(e))
     if dataset.skipped:
         log.warning("skipped %d sample(s) with unusable videos: %s", len(dataset.skipped), sorted(dataset.skipped))
+    if dataset.short_videos:
+        log.warning("%d clip(s) have fewer frames than --frames %d (frames repeated): %s", len(dataset.short_videos),
+                    args.frames, dataset.short_videos)
     ranks = rank_report(trainer)
     final = Path(args.output_dir) / "final"
     zero3 = bool(ds_cfg) and json.loads(Path(ds_cfg).read_text())["zero_optimization"]["stage"] == 3
@@ -315,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         proc.save_pretrained(final)
         summary = {"losses": losses, "skipped_videos": sorted(dataset.skipped), "final": str(final),
                    "param_groups": groups_seen, "resumed_from": resume, "ranks": ranks,
+                   "frames": args.frames, "short_videos": dataset.short_videos,
+                   "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
                    "train_samples_per_second": train_metrics.get("train_samples_per_second"),
                    "steady_samples_per_second": timer.steady(targs),
                    "world_size": targs.world_size}

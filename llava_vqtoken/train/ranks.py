@@ -3,9 +3,38 @@ parameters must be identical on every rank."""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from typing import Any
 
 import torch
+
+DS_ACCELERATOR_NOTE = "Setting accelerator to"
+
+
+class _DropAcceleratorNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(DS_ACCELERATOR_NOTE)
+
+
+def quiet_deepspeed_accelerator() -> None:
+    """Detect DeepSpeed's accelerator once without its "Setting accelerator to CPU ..." warning.
+
+    transformers imports DeepSpeed (when installed) on its first model import, and DeepSpeed logs that
+    line the first time anything asks for the accelerator; the answer is then cached for the process.
+    Asking first, with a filter for that one message on DeepSpeed's logger for the duration, keeps every
+    other DeepSpeed message (the filter is removed afterwards)."""
+    if importlib.util.find_spec("deepspeed") is None:
+        return
+    ds_logger = logging.getLogger("DeepSpeed")
+    note = _DropAcceleratorNote()
+    ds_logger.addFilter(note)
+    try:
+        from deepspeed.accelerator import get_accelerator
+
+        get_accelerator()
+    finally:
+        ds_logger.removeFilter(note)
 
 
 def rank_report(params: list[torch.nn.Parameter]) -> dict[str, Any]:

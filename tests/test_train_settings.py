@@ -1,0 +1,98 @@
+"""train.sh does what its flags say: --epochs counts, --adaptive is refused at start, every checkpoint-N
+loads with its processor, clips shorter than --frames are reported, DeepSpeed's accelerator note is quiet."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llava_vqtoken.train.hf_train import main, parse_args
+from llava_vqtoken.video import make_video
+
+FAST = ["--frames", "4", "--batch-size", "2", "--num-tokens", "8", "--logging-steps", "1", "--no-generate"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Eight records: seven clips (one of 3 frames) and one text-only record."""
+    d = tmp_path_factory.mktemp("data")
+    recs = []
+    for i in range(7):
+        make_video(d / f"c{i}.mp4", frames=3 if i == 0 else 8, height=32, width=32, seed=i)
+        recs.append({"video": f"c{i}.mp4", "conversations": [{"from": "human", "value": "<image>\nwhere?"},
+                                                             {"from": "gpt", "value": "left"}]})
+    recs.append({"conversations": [{"from": "human", "value": "what?"}, {"from": "gpt", "value": "a shape"}]})
+    (d / "train.json").write_text(json.dumps(recs))
+    return d / "train.json"
+
+
+def test_epochs_sets_the_number_of_steps(tiny_model, data, tmp_path):
+    out = tmp_path / "run"
+    # 8 records at batch size 2: 4 steps per epoch; 0.5 epochs = 2 steps (the old default ran 30)
+    assert main(["--model", str(tiny_model), "--data", str(data), "--output-dir", str(out), "--epochs", "0.5",
+                 "--save-steps", "1", *FAST]) == 0
+    s = json.loads((out / "train_summary.json").read_text())
+    assert s["steps"] == 2 and len(s["losses"]) == 2 and s["epochs"] == 0.5
+
+
+def test_epochs_and_max_steps_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--epochs", "1", "--max-steps", "4"])
+    assert e.value.code == 2 and "give --epochs or --max-steps, not both" in capsys.readouterr().err
+
+
+def test_adaptive_is_refused_at_start_in_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--adaptive", "elbow"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--adaptive cannot be trained" in err and "Traceback" not in err
+
+
+def test_every_checkpoint_loads_with_its_processor_and_short_clips_are_reported(tiny_model, data, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from llava_vqtoken.hosts.hf import VQTokenLlavaOnevisionProcessor
+
+    out = tmp_path / "run"
+    assert main(["--model", str(tiny_model), "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
+                 "--save-steps", "1", *FAST]) == 0
+    for ckpt in ("checkpoint-1", "checkpoint-2"):
+        proc = AutoProcessor.from_pretrained(out / ckpt)
+        assert isinstance(proc, VQTokenLlavaOnevisionProcessor) and proc.video_compressor["num_tokens"] == 8
+        assert type(AutoModelForImageTextToText.from_pretrained(out / ckpt)).__name__.startswith("VQToken")
+    s = json.loads((out / "train_summary.json").read_text())
+    assert s["frames"] == 4
+    assert {k.rsplit("/", 1)[1]: v for k, v in s["short_videos"].items()} == {"c0.mp4": 3}
+
+
+def test_deepspeed_accelerator_note_is_not_printed():
+    pytest.importorskip("deepspeed")
+    quiet = "from llava_vqtoken.train.ranks import quiet_deepspeed_accelerator; quiet_deepspeed_accelerator()\n"
+    code = ("import logging, torch\nfrom accelerate.utils import extract_model_from_parallel\n"
+            "extract_model_from_parallel(torch.nn.Linear(1, 1))\n"  # what save_pretrained and the Trainer call
+            "logging.getLogger('DeepSpeed').warning('still heard')\n")
+    said = {}
+    for name, prog in (("plain", code), ("quiet", quiet + code)):
+        r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        said[name] = r.stdout + r.stderr
+    assert "Setting accelerator" in said["plain"]  # what every command printed
+    assert "Setting accelerator" not in said["quiet"] and "still heard" in said["quiet"]  # other messages stay
+
+
+def test_adaptive_checkpoint_is_refused_before_training(tiny_model, data, tmp_path, capsys):
+    from transformers import AutoProcessor
+
+    from llava_vqtoken.hosts.hf import VQTokenLlavaOnevisionForConditionalGeneration
+
+    ckpt = tmp_path / "adaptive"
+    VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(
+        tiny_model, video_compressor={"num_tokens": None, "adaptive": "elbow", "min_codes": 2, "max_codes": 8}
+    ).save_pretrained(ckpt)
+    AutoProcessor.from_pretrained(tiny_model).save_pretrained(ckpt)
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(ckpt), "--data", str(data), "--output-dir", str(tmp_path / "run"), "--max-steps", "1",
+              "--frames", "4", "--no-generate"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and "adaptive-K compressor" in err[-1] and not (tmp_path / "run" / "checkpoint-1").exists()
