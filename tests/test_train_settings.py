@@ -96,3 +96,32 @@ def test_adaptive_checkpoint_is_refused_before_training(tiny_model, data, tmp_pa
               "--frames", "4", "--no-generate"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and "adaptive-K compressor" in err[-1] and not (tmp_path / "run" / "checkpoint-1").exists()
+
+
+def test_bad_and_short_clips_are_reported_once_not_every_epoch(tiny_model, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from transformers import AutoProcessor
+
+    import llava_vqtoken.train.data as data_mod
+    from llava_vqtoken.hosts.hf import VQTokenLlavaOnevisionForConditionalGeneration, VQTokenLlavaOnevisionProcessor
+
+    cfg = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(
+        tiny_model, video_compressor={"num_tokens": 8}).config
+    proc = VQTokenLlavaOnevisionProcessor.from_stock(AutoProcessor.from_pretrained(tiny_model), cfg)
+    make_video(tmp_path / "short.mp4", frames=2, height=32, width=32)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video" * 20)
+    turns = [{"from": "human", "value": "<image>\nwhere?"}, {"from": "gpt", "value": "left"}]
+    (tmp_path / "d.json").write_text(json.dumps([{"video": "bad.mp4", "conversations": turns},
+                                                 {"video": "short.mp4", "conversations": turns}]))
+    decoded: list[str] = []
+    real = data_mod.load_video_counted
+    monkeypatch.setattr(data_mod, "load_video_counted", lambda p, n: decoded.append(p.rsplit("/", 1)[1]) or real(p, n))
+    caplog.set_level(logging.WARNING, logger="llava_vqtoken.train")
+    ds = data_mod.VideoQADataset(tmp_path / "d.json", proc, frames=4)
+    for _epoch in range(3):
+        assert [int(ds[i]["pixel_values_videos"].shape[0]) for i in range(2)] == [4, 4]  # bad -> next record
+    assert decoded.count("bad.mp4") == 1  # its decoder errors appear once, not every epoch
+    assert ds.short_videos == {str(tmp_path / "short.mp4"): 2}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sum("bad.mp4" in w for w in warnings) == 1 and sum("short.mp4" in w for w in warnings) == 1
