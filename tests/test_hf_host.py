@@ -322,3 +322,16 @@ def test_zero_frames_to_the_processor_or_the_model_is_one_clear_error(converted)
         proc(text=prompt, videos=[np.zeros((0, 64, 64, 3), dtype=np.uint8)], return_tensors="pt")
     with pytest.raises(CompressionError, match="at least one frame, got shape \\(1, 0, 3, 384, 384\\)"):
         model.model.get_video_features(torch.zeros(1, 0, 3, 384, 384))
+
+
+def test_eval_settings_are_checked_against_the_checkpoint_before_launch(saved_vq):
+    from llava_vqtoken.config import ConfigError
+    from llava_vqtoken.hosts.lmms_plugin import check_model_args
+
+    path = str(saved_vq["NONE_NORM"])
+    check_model_args("hf", {"pretrained": path, "compressor": "vqtoken", "num_tokens": "16", "frames": "4"})
+    with pytest.raises(ConfigError, match="trained with num_tokens=16; num_tokens=32"):
+        check_model_args("hf", {"pretrained": path, "compressor": "vqtoken", "num_tokens": "32"})
+    with pytest.raises(ConfigError, match="name='vqtoken'.*name='pool'.*would drop its trained compressor weights"):
+        check_model_args("hf", {"pretrained": path, "compressor": "pool", "num_tokens": "32"})
+    check_model_args("hf", {"pretrained": path, "compressor": "pool", "num_tokens": "32", "override_spec": "true"})

@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -98,6 +99,7 @@ def check_model_args(host: str, args: dict[str, Any]) -> None:
     from .lmms_llava_next import VQTokenLlavaNext, overwrite_for
 
     cls = VQTokenHF if host == "hf" else VQTokenLlavaNext
+    check_spec_against_checkpoint(host, args)
     for key in POSITIVE_INT_ARGS:
         if key in args and not (str(args[key]).isdigit() and int(str(args[key])) > 0):
             raise ConfigError(f"{cls.plugin_name}: {key}={args[key]!r} must be a positive integer")
@@ -112,6 +114,32 @@ def check_model_args(host: str, args: dict[str, Any]) -> None:
     left.pop("max_frames_num", None)
     if left:
         raise ConfigError(f"vqtoken_llava_next: unknown model_args: {', '.join(sorted(left))}")
+
+
+def check_spec_against_checkpoint(host: str, args: dict[str, Any]) -> None:
+    """The spec rule for model_args on a local ``pretrained`` checkpoint, without loading a model: what
+    the load would refuse is a ConfigError here (eval.sh checks before it launches lmms-eval)."""
+    from ..config import CheckpointError
+    from .lmms_llava_next import OVERRIDE_KEY, overwrite_for
+
+    path = args.get("pretrained")
+    if not path or not Path(str(path)).is_dir():
+        return
+    rest = {k: v for k, v in args.items() if k != "pretrained"}
+    try:
+        if host == "hf":
+            from .hf.load import saved_spec
+
+            given = spec_fields_from_model_args(rest)[0]
+            allow = parse_bool("override_spec", rest.get("override_spec", False))
+        else:
+            from ..llava_next import saved_spec
+
+            overwrite = overwrite_for(rest)[0]
+            given, allow = overwrite["video_compressor"], bool(overwrite.get(OVERRIDE_KEY))
+        resolve_spec(saved_spec(str(path)), given, allow, where=str(path))
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
 
 
 def parse_bool(name: str, value: bool | str) -> bool:
