@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,67 @@ def check_video_reader(data_path: str) -> None:
         )
 
 
+FRAME_FOLDER_MARK = "shareVideoGPTV"  # LLaVA-NeXT reads these "videos" as folders of frames, with PIL
+CHECKED_DATA = "vqtoken_data.rank{rank}.json"
+SKIPPED_REPORT = "vqtoken_skipped_videos.json"
+REASONS_SHOWN = 3
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args and args.index(name) + 1 < len(args) else None
+
+
+def _unusable(path: str) -> str | None:
+    """Why LLaVA-NeXT could not train on this video (None when it can)."""
+    from ..video import VideoError, load_video
+
+    if FRAME_FOLDER_MARK in path:
+        return None if os.path.isdir(path) and os.listdir(path) else f"frame folder missing or empty: {path}"
+    try:
+        load_video(path, 1)
+    except VideoError as e:
+        return str(e)
+    return None
+
+
+def drop_unusable_videos(data_path: str, video_folder: str | None, output_dir: str | None) -> str:
+    """Check every video of a ``.json`` training set at launch; report, skip and count the unusable ones.
+
+    LLaVA-NeXT's dataset replaces a sample whose video fails with the next row, silently, and crashes
+    with an IndexError when it is the last row. Rows whose video cannot be read are left out instead:
+    the checked data is written to ``<output_dir>/vqtoken_data.rank<R>.json`` (the path returned), the
+    skipped videos with their reasons to ``<output_dir>/vqtoken_skipped_videos.json``."""
+    rank = int(os.environ.get("RANK", "0"))
+    if not (data_path.endswith(".json") and Path(data_path).is_file()):
+        if rank == 0:
+            print(f"[llava-vqtoken] videos not checked at launch (only a single .json --data_path is): {data_path}")
+        return data_path
+    records = json.loads(Path(data_path).read_text())
+    reasons: dict[str, str] = {}
+    for name in dict.fromkeys(r["video"] for r in records if r.get("video")):
+        why = _unusable(os.path.join(video_folder or "", name))
+        if why is not None:
+            reasons[name] = why
+    if not reasons:
+        return data_path
+    kept = [r for r in records if r.get("video") not in reasons]
+    if not kept:
+        raise SystemExit(f"llava-vqtoken: no usable sample in {data_path}: all {len(records)} rows have unusable "
+                         f"videos, e.g. {next(iter(reasons.values()))}")
+    out = Path(output_dir or ".")
+    out.mkdir(parents=True, exist_ok=True)
+    checked = out / CHECKED_DATA.format(rank=rank)
+    checked.write_text(json.dumps(kept))
+    if rank == 0:
+        report = {"data_path": data_path, "samples": len(records), "samples_skipped": len(records) - len(kept),
+                  "skipped_videos": reasons}
+        (out / SKIPPED_REPORT).write_text(json.dumps(report, indent=1))
+        shown = "; ".join(list(reasons.values())[:REASONS_SHOWN])
+        print(f"[llava-vqtoken] skipping {len(records) - len(kept)} of {len(records)} sample(s): {len(reasons)} "
+              f"unusable video(s) (all listed in {out / SKIPPED_REPORT}): {shown}", file=sys.stderr)
+    return str(checked)
+
+
 def main(argv: list[str] | None = None) -> None:
     patch_training()
     import llava.train.train as tr
@@ -166,7 +228,10 @@ def main(argv: list[str] | None = None) -> None:
                 "rates (mm_projector_lr, mm_vision_tower_lr, video_compressor_lr); use configs/deepspeed/zero2.json"
             )
     if "--data_path" in args:
-        check_video_reader(args[args.index("--data_path") + 1])
+        at = args.index("--data_path") + 1
+        check_video_reader(args[at])
+        args[at] = drop_unusable_videos(args[at], _flag(args, "--video_folder"), _flag(args, "--output_dir"))
+        sys.argv = [sys.argv[0], *args]
     attn = "sdpa"
     if "--attn_implementation" in args:
         attn = args[args.index("--attn_implementation") + 1]
