@@ -115,7 +115,7 @@ def test_released_checkpoint_layout_loads_without_missing_or_unexpected_keys(ins
     assert out[4].shape[1] - (ids.shape[1] - 1) == m2.get_model().last_video_tokens + 1
 
 
-def test_two_training_steps_through_llava_next_trainer_with_compressor_lr_group(tmp_path):
+def test_two_training_steps_through_llava_next_trainer_with_compressor_lr_group(installed, tmp_path):
     stock = tmp_path / "llava-qwen-stock"
     # a stock checkpoint: the spec comes in through --video_compressor and initialize_vision_modules
     code = f"""
