@@ -249,6 +249,16 @@ def last_checkpoint(output_dir: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train; the process environment is restored afterwards (see :func:`train`)."""
+    saved = dict(os.environ)
+    try:
+        return train(argv)
+    finally:  # a DeepSpeed run sets RANK..., and accelerate sets ACCELERATE_USE_DEEPSPEED=true for good,
+        os.environ.clear()  # which would turn the next run in this process into a DeepSpeed run
+        os.environ.update(saved)
+
+
+def train(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     args = parse_args(argv)
     from .ranks import quiet_deepspeed_accelerator
