@@ -34,7 +34,7 @@ if [ "$host" = "llava-next" ]; then
   # LLaVA-NeXT lives in its own environment (transformers 4.45.2): use the python on PATH, or $LLAVA_NEXT_PYTHON
   PY=${LLAVA_NEXT_PYTHON:-python3}; DS=${LLAVA_NEXT_DEEPSPEED:-deepspeed}
   if ! "$PY" -c "import llava" 2>/dev/null; then
-    echo "train.sh: error: --host llava-next needs LLaVA-NeXT importable by $PY (see README 'Installing LLaVA-NeXT')" >&2; exit 2
+    echo "train.sh: error: --host llava-next needs LLaVA-NeXT importable by $PY (see README 'LLaVA-NeXT plugin')" >&2; exit 2
   fi
   if [ ${#args[@]} -eq 0 ]; then
     echo "train.sh: error: --host llava-next needs LLaVA-NeXT training arguments (see README)" >&2; exit 2

@@ -87,7 +87,7 @@ def normalize_tokens(x: torch.Tensor) -> torch.Tensor:
 def _counts(labels: torch.Tensor, k: int) -> torch.Tensor:
     """Exact member counts [B, K] in fp32 (one scatter; bf16 could not count past 256)."""
     ones = torch.ones(labels.shape, device=labels.device, dtype=torch.float32)
-    return torch.zeros(labels.shape[0], k, device=labels.device).scatter_add_(1, labels, ones)
+    return torch.zeros(labels.shape[0], k, device=labels.device, dtype=torch.float32).scatter_add_(1, labels, ones)
 
 
 def one_hot(labels: torch.Tensor, k: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

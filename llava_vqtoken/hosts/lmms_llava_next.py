@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..config import CONFIG_KEY, CompressorConfig
+from ..llava_next.tiny import is_random
 from ..spec_rule import resolve_spec
 from .lmms_plugin import VideoLmms, parse_bool, spec_fields_from_model_args
 
@@ -92,6 +93,11 @@ class VQTokenLlavaNext(VideoLmms):
         self.max_new_tokens = int(max_new_tokens)
         self.stats_file = stats_file or os.environ.get("LLAVA_VQTOKEN_STATS")
         self.spec = CompressorConfig.from_dict(self.model.config.video_compressor)  # what runs, after the rule
+        self.random_weights = is_random(pretrained)
+
+    def _grid_tokens(self) -> int:
+        """Post-projector tokens per frame before any compression (27 x 27 = 729 at 384 px, patch 14)."""
+        return int(self.model.get_vision_tower().num_patches_per_side) ** 2
 
     def _prompt(self, context: str) -> str:
         from llava.constants import DEFAULT_IMAGE_TOKEN
@@ -134,5 +140,6 @@ class VQTokenLlavaNext(VideoLmms):
                     text = text.split(stop)[0]
             out.append(text)
             tokens = int(self.model.get_model().last_video_tokens) + 1  # + image_newline (one_token mode)
-            self.log_stats(task, doc_id, tokens, time.perf_counter() - t0, self.frames, self.spec)
+            self.log_stats(task, doc_id, tokens, time.perf_counter() - t0, self.frames, self.spec,
+                           input_tokens=pixels.shape[0] * self._grid_tokens())
         return out

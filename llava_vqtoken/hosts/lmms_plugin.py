@@ -3,7 +3,7 @@
 
 ``--model vqtoken_hf --model_args pretrained=DIR,num_tokens=32`` (or ``compressor=pool``,
 ``adaptive=elbow,min_codes=8,max_codes=64``, ``frames=32``...). The model_args of lmms-eval's own
-``vqtoken`` wrapper are accepted as aliases: ``vqtoken_selection_method`` (fixed|elbow|silhouette),
+``vqtoken`` wrapper are accepted as aliases: ``vqtoken_selection_method`` (fixed|elbow|silhouette|elbow_released),
 ``vqtoken_min_clusters``, ``vqtoken_max_clusters``, ``max_frames_num``.
 Per-sample visual-token counts and timings go to ``stats_file`` (JSON lines) for eval.sh's report.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..config import CompressorConfig, ConfigError
+from ..config import ADAPTIVE, CompressorConfig, ConfigError
 from ..spec_rule import resolve_spec
 
 #: lmms-eval `vqtoken` wrapper's model_args -> ours
@@ -59,14 +59,18 @@ def compressor_from_model_args(args: dict[str, Any]) -> tuple[CompressorConfig |
     return (CompressorConfig.from_dict(spec) if spec else None), rest
 
 
+#: lmms-eval's ``vqtoken_selection_method`` values: fixed K, or one of the config's adaptive rules
+SELECTION_METHODS = ("fixed", *(a for a in ADAPTIVE if a is not None))
+
+
 def spec_fields_from_model_args(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split lmms-eval model_args into the compressor fields they set (typed) and the rest."""
     args = {ALIASES.get(k, k): v for k, v in args.items()}
     spec: dict[str, Any] = {}
     method = args.pop("vqtoken_selection_method", None)
     if method is not None:
-        if method not in ("fixed", "elbow", "silhouette"):
-            raise ConfigError(f"vqtoken_selection_method={method!r} must be fixed, elbow or silhouette")
+        if method not in SELECTION_METHODS:
+            raise ConfigError(f"vqtoken_selection_method={method!r} must be one of {', '.join(SELECTION_METHODS)}")
         spec["adaptive"] = None if method == "fixed" else method
         if method == "fixed" and "num_tokens" not in args and "max_codes" in args:
             spec["num_tokens"] = int(args["max_codes"])  # the wrapper's fixed K is its max_clusters

@@ -104,3 +104,8 @@ def build_tiny_llava_qwen(
     tok.save_pretrained(out)
     (out / RANDOM_MARKER).write_text("random weights\n")
     return out
+
+
+def is_random(model_dir: str | os.PathLike[str]) -> bool:
+    """True for a checkpoint written by :func:`build_tiny_llava_qwen` (random weights)."""
+    return (Path(model_dir) / RANDOM_MARKER).exists()

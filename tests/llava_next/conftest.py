@@ -19,7 +19,7 @@ if HAVE_LLAVA:
 def pytest_collection_modifyitems(config, items):
     if HAVE_LLAVA:
         return
-    skip = pytest.mark.skip(reason="LLaVA-NeXT (package 'llava') is not installed; see README 'Installing LLaVA-NeXT'")
+    skip = pytest.mark.skip(reason="LLaVA-NeXT (package 'llava') is not installed; see README 'LLaVA-NeXT plugin'")
     for item in items:
         if "llava_next" in str(item.fspath):
             item.add_marker(skip)

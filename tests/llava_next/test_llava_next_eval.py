@@ -21,3 +21,5 @@ def test_vqtoken_llava_next_through_lmms_eval_cli(tmp_path):
     rows = json.loads((tmp_path / "ev" / "report.json").read_text())["rows"]
     assert [r["run"] for r in rows] == ["vqtoken-num_tokens=8", "tome-num_tokens=8"]
     assert all(r["samples"] == 2 and r["visual_tokens"] == 9 for r in rows)  # 8 + image_newline
+    assert all(r["input_tokens"] == 4 * 729 and r["ratio"] == 9 / 2916 for r in rows)  # 4 frames x 27 x 27
+    assert all(r["random_weights"] for r in rows)  # the tiny random model says so
