@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Mutation testing of the core and the config with mutmut (docs/TESTING.md).
+#
+#   scripts/mutation.sh [FILES...]     default: llava_vqtoken/core/*.py llava_vqtoken/config.py
+#
+# Installs the exact versions of locks/mutation.txt into .mutmut-lib/ (never into .venv), copies the
+# package, the tests and pyproject.toml into .mutmut-work/ with a [tool.mutmut] section whose
+# only_mutate is FILES, runs `mutmut run --max-children 1` there and prints the score
+# killed / (killed + survived) -- "no tests" counts as survived, timeouts are listed apart -- and the
+# survivors. The tree itself is never edited. Needs the project venv (.venv, scripts/bootstrap.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY="$ROOT/.venv/bin/python"
+LIB="$ROOT/.mutmut-lib"
+WORK="$ROOT/.mutmut-work"
+LOCK="$ROOT/locks/mutation.txt"
+CHILDREN="${MUTMUT_CHILDREN:-1}"
+
+die() { echo "mutation.sh: $*" >&2; exit 2; }
+[ -x "$PY" ] || die "no project venv at .venv (run scripts/bootstrap.sh first)"
+
+# the core and config tests; a listed file that does not exist is skipped
+TESTS=()
+for t in test_kmeans test_adaptive test_compressor test_known_answers test_metrics test_vq_attention_motion \
+         test_determinism test_spec_rule test_config_surface; do
+  [ -f "tests/$t.py" ] && TESTS+=("tests/$t.py")
+done
+for t in tests/test_mutation_*.py; do [ -f "$t" ] && TESTS+=("$t"); done
+
+FILES=("$@")
+[ ${#FILES[@]} -gt 0 ] || FILES=(llava_vqtoken/core/*.py llava_vqtoken/config.py)
+for f in "${FILES[@]}"; do
+  case "$f" in llava_vqtoken/*.py|llava_vqtoken/*\*) ;; *) die "not a file of the package: $f";; esac
+  [ -f "$f" ] || [[ "$f" == *\* ]] || die "no such file: $f"
+done
+
+stamp="$LIB/.lock-$(sha256sum "$LOCK" | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  rm -rf "$LIB"
+  "$PY" -m pip install --quiet --no-deps --target "$LIB" -r "$LOCK"
+  touch "$stamp"
+fi
+
+mkdir -p "$WORK"
+rm -rf "$WORK/llava_vqtoken" "$WORK/tests"
+cp -r llava_vqtoken tests "$WORK/"
+find "$WORK" -name __pycache__ -prune -exec rm -rf {} +
+toml_list() { local out="" x; for x in "$@"; do out+="\"$x\", "; done; echo "[${out%, }]"; }
+{
+  sed '/^\[tool\.mutmut\]/,$d' pyproject.toml
+  echo "[tool.mutmut]"
+  echo "source_paths = [\"llava_vqtoken\"]"
+  echo "only_mutate = $(toml_list "${FILES[@]}")"
+  echo "pytest_add_cli_args_test_selection = $(toml_list "${TESTS[@]}")"
+  echo "pytest_add_cli_args = [\"-p\", \"no:cacheprovider\", \"-x\", \"-q\"]"
+} > "$WORK/pyproject.toml"
+
+cd "$WORK"
+echo "mutation.sh: mutating ${FILES[*]}"
+echo "mutation.sh: tests ${TESTS[*]}"
+PYTHONPATH="$LIB" "$PY" -m mutmut run --max-children "$CHILDREN" >mutmut-run.log 2>&1 \
+  || { tail -20 mutmut-run.log; die "mutmut run failed (log: .mutmut-work/mutmut-run.log)"; }
+PYTHONPATH="$LIB" "$PY" -m mutmut results --all true >mutmut-results.txt 2>&1
+"$PY" - "${FILES[@]}" <<'PYEOF'
+import fnmatch, re, sys
+files = sys.argv[1:]
+mods = [f[:-3].replace("/", ".") if f.endswith(".py") else f.replace("/", ".") for f in files]
+rows = []
+for line in open("mutmut-results.txt"):
+    m = re.match(r"\s*(\S+): (.+)$", line)
+    if m and any(fnmatch.fnmatch(m[1], f"{p}.*") for p in mods):
+        rows.append((m[1], m[2].strip()))
+by = {}
+for name, status in rows:
+    by.setdefault(status, []).append(name)
+killed = len(by.get("killed", []))
+surv = by.get("survived", []) + by.get("no tests", [])
+total = killed + len(surv)
+score = 100.0 * killed / total if total else float("nan")
+print(f"mutants: {len(rows)}  " + "  ".join(f"{k}: {len(v)}" for k, v in sorted(by.items())))
+print(f"score: {killed}/{total} killed = {score:.1f}%  (timeouts apart: {len(by.get('timeout', []))})")
+for status in ("survived", "no tests", "timeout", "suspicious"):
+    for name in by.get(status, []):
+        print(f"  {status}: {name}")
+PYEOF
