@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import COMPRESSORS, CheckpointError, CompressorConfig, ConfigError
+from .config import CheckpointError, CompressorConfig, ConfigError
+from .config_flags import add_compressor_args, overrides_from_args
 from .spec_rule import resolve_spec
 
 EXIT_BAD_INPUT = 2
@@ -21,39 +22,6 @@ EXIT_BAD_INPUT = 2
 
 class UsageError(ValueError):
     """A command-line value is invalid."""
-
-
-#: flags named after CompressorConfig fields (``num_tokens`` -> ``--num-tokens``; ``name`` -> ``--compressor``)
-FIELD_FLAGS = ("name", "num_tokens", "adaptive", "min_codes", "max_codes", "iters", "attention", "hash", "codebook",
-               "seed")
-
-
-def add_compressor_args(p: argparse.ArgumentParser) -> None:
-    """Flags named after :class:`CompressorConfig` fields. None means "not given": a stock checkpoint
-    then gets the default, a VQToken checkpoint keeps its saved value (README "Which spec runs")."""
-    d = CompressorConfig()
-    p.add_argument("--compressor", dest="name", default=None, choices=COMPRESSORS,
-                   help=f"method (config: name; default {d.name})")
-    p.add_argument("--num-tokens", type=int, default=None,
-                   help=f"token budget per video (K codes; default {d.num_tokens}; for pool: stock 2x pooling)")
-    p.add_argument("--adaptive", choices=["elbow", "silhouette", "elbow_released"], default=None,
-                   help="choose K per video (elbow_released: the authors' release's rule)")
-    p.add_argument("--min-codes", type=int, default=None, help=f"default {d.min_codes}")
-    p.add_argument("--max-codes", type=int, default=None, help=f"default {d.max_codes}")
-    p.add_argument("--iters", type=int, default=None, help=f"default {d.iters}")
-    p.add_argument("--attention", choices=["paper", "none", "random", "released"], default=None,
-                   help=f"default {d.attention}")
-    p.add_argument("--hash", choices=["kmeans", "random"], default=None, help=f"default {d.hash}")
-    p.add_argument("--codebook", choices=["raw", "normalized"], default=None, help=f"default {d.codebook}")
-    p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
-    p.add_argument("--override-spec", action="store_true",
-                   help="let the flags change a VQToken checkpoint's trained-with or parameter fields "
-                        "(num_tokens, attention, ...): refused otherwise")
-
-
-def overrides_from_args(a: argparse.Namespace) -> dict[str, Any]:
-    """The compressor fields given on the command line."""
-    return {k: getattr(a, k) for k in FIELD_FLAGS if getattr(a, k, None) is not None}
 
 
 def config_from_args(a: argparse.Namespace) -> CompressorConfig:

@@ -1,8 +1,10 @@
 """The one configuration object that describes a video-token compressor.
 
 Field names are identical in Python, in a checkpoint's config.json (one nested key,
-``video_compressor``), on the command line (``--num-tokens`` for ``num_tokens``) and in the shell
-scripts (``NUM_TOKENS``). Validation happens once, here, with messages that name the field.
+``video_compressor``), on the command line (every field but ``extra`` is a flag, generated in
+``config_flags.py``: ``--num-tokens`` for ``num_tokens``, ``--compressor`` for ``name``) and in
+``key=value`` strings (lmms-eval model_args, ``eval.sh --compressors`` and motion-QA settings, all read
+by :meth:`CompressorConfig.parse_field`). Validation happens once, here, with messages that name the field.
 """
 
 from __future__ import annotations
@@ -18,6 +20,16 @@ ATTENTION = ("paper", "none", "random", "released")
 HASH = ("kmeans", "random")
 CODEBOOK = ("raw", "normalized")
 FOOTPRINT = ("marginal", "motion")
+
+#: the allowed values of each field that has a fixed set (every surface checks against these)
+FIELD_CHOICES: dict[str, tuple[str | None, ...]] = {
+    "name": COMPRESSORS, "adaptive": ADAPTIVE, "attention": ATTENTION, "hash": HASH, "codebook": CODEBOOK,
+    "footprint": FOOTPRINT,
+}
+#: the field no string surface (flags, model_args, settings) carries: a free-form JSON object
+FREE_FORM_FIELD = "extra"
+#: how a null is written in a string surface (only nullable fields accept it: for attention "none" is a mode)
+NULL_WORDS = ("none", "null", "")
 
 #: the config.json key under which hosts store the spec
 CONFIG_KEY = "video_compressor"
@@ -166,25 +178,25 @@ class CompressorConfig:
 
     @classmethod
     def parse_field(cls, name: str, value: Any) -> Any:
-        """A field's value from its string form in ``key=value`` settings (sweeps, lmms-eval model_args).
-        Only the nullable fields (num_tokens, adaptive) read "none"/"null"/"" as null: for attention,
-        "none" is a mode."""
+        """A field's value from its string form in ``key=value`` settings (sweeps, lmms-eval model_args)
+        and command-line flags, by the field's declared type. Only nullable fields (``int | None``,
+        ``str | None``) read "none"/"null"/"" as null: for attention, "none" is a mode."""
         if not isinstance(value, str):
             return value
-        if name not in {f.name for f in dataclasses.fields(cls)} or name == "extra":
+        if name not in string_fields():
             raise ConfigError(f"compressor config: unknown field {name!r}")
-        if name in _NULLABLE and value.lower() in ("none", "null", ""):
+        base, nullable = field_type(name)
+        if nullable and value.lower() in NULL_WORDS:
             return None
-        kind = type(getattr(_DEFAULTS, name))
-        if kind is bool:
+        if base == "bool":
             if value.lower() not in _BOOLS:
                 raise ConfigError(f"compressor config: {name}={value!r} is not a boolean")
             return _BOOLS[value.lower()]
-        if kind in (int, float):
+        if base in ("int", "float"):
             try:
-                return kind(value)
+                return int(value) if base == "int" else float(value)
             except ValueError:
-                raise ConfigError(f"compressor config: {name}={value!r} is not a {kind.__name__}") from None
+                raise ConfigError(f"compressor config: {name}={value!r} is not a {base}") from None
         return value
 
     @classmethod
@@ -217,12 +229,26 @@ class CompressorConfig:
 _KINDS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
 
 
+def _annotation_parts(annotation: Any) -> tuple[str, bool]:
+    """(base type name, nullable) from an annotation string, e.g. ``"int | None"`` -> ``("int", True)``."""
+    parts = [p.strip() for p in str(annotation).split("|")]
+    return next(p for p in parts if p != "None"), "None" in parts
+
+
 def _field_kind(annotation: Any) -> tuple[tuple[type, ...], bool]:
     """(accepted types, nullable) of a field from its annotation string, e.g. ``"int | None"``."""
-    parts = [p.strip() for p in str(annotation).split("|")]
-    nullable = "None" in parts
-    base = next(p for p in parts if p != "None")
+    base, nullable = _annotation_parts(annotation)
     return _KINDS.get(base, (dict,)), nullable
+
+
+def field_type(name: str) -> tuple[str, bool]:
+    """(declared base type: ``str``/``int``/``float``/``bool``, nullable) of a string-surface field."""
+    return _annotation_parts(_FIELDS[name].type)
+
+
+def string_fields() -> tuple[str, ...]:
+    """The fields every string surface carries (flags, model_args, settings), in declaration order."""
+    return tuple(n for n in _FIELDS if n != FREE_FORM_FIELD)
 
 
 def _parse_json_spec(text: str) -> dict[str, Any]:
@@ -235,7 +261,6 @@ def _parse_json_spec(text: str) -> dict[str, Any]:
     return d
 
 
-_DEFAULTS = CompressorConfig()
-_NULLABLE = ("num_tokens", "adaptive")
+_FIELDS = {f.name: f for f in dataclasses.fields(CompressorConfig)}
 _BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 

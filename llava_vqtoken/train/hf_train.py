@@ -19,8 +19,9 @@ from typing import Any, NoReturn
 
 import torch
 
-from ..cli import EXIT_BAD_INPUT, add_compressor_args, overrides_from_args
+from ..cli import EXIT_BAD_INPUT
 from ..config import CheckpointError, ConfigError
+from ..config_flags import add_compressor_args, overrides_from_args
 
 log = logging.getLogger("llava_vqtoken.train")
 PARTS = ("vision_tower", "projector", "compressor", "language_model")
