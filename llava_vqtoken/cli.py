@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import CheckpointError, CompressorConfig, ConfigError
-from .config_flags import add_compressor_args, overrides_from_args
+from .config_flags import EXIT_BAD_INPUT, OneLineParser, add_compressor_args, overrides_from_args
 from .spec_rule import resolve_spec
-
-EXIT_BAD_INPUT = 2
 
 
 class UsageError(ValueError):
@@ -30,7 +28,7 @@ def config_from_args(a: argparse.Namespace) -> CompressorConfig:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llava-vqtoken", description="VQToken video-token compression for LLaVA-OneVision")
+    p = OneLineParser(prog="llava-vqtoken", description="VQToken video-token compression for LLaVA-OneVision")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compress", help="compress one video and report token counts")
     c.add_argument("--video", help="video file (default: a generated clip of moving shapes)")

@@ -20,6 +20,16 @@ FLAG_NAMES = {"name": "--compressor"}
 #: namespace attribute listing the compressor fields typed on the command line
 GIVEN = "compressor_fields_given"
 OVERRIDE_FLAG = "--override-spec"
+#: exit status of every command for bad input (a one-line error on stderr)
+EXIT_BAD_INPUT = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (``PROG: error: ...``) and exit status 2,
+    without the usage block (``--help`` still prints it). Sub-commands inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def flag_of(name: str) -> str:

@@ -38,3 +38,22 @@ def test_cuda_device_without_a_gpu(capsys, video_file):
 def test_a_device_that_is_not_a_device(capsys, video_file):
     line, _ = _one_error_line(capsys, "compress", "--video", str(video_file), "--device", "gpu0")
     assert line.startswith("llava-vqtoken: error: --device 'gpu0' is not a torch device")
+
+
+@pytest.mark.parametrize(
+    "argv, prog",
+    [
+        (["llava_vqtoken.cli", "compress", "--footprint", "bogus"], "llava-vqtoken compress"),
+        (["llava_vqtoken.cli", "compress", "--no-such-flag"], "llava-vqtoken"),
+        (["llava_vqtoken.train.hf_train", "--num-tokens", "many"], "train.sh"),
+        (["llava_vqtoken.eval.run", "--frames", "x"], "eval.sh"),
+    ],
+)
+def test_a_usage_error_is_one_line_without_the_usage_block(argv, prog):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"{prog}: error: ") and lines[0].endswith("(see --help)")

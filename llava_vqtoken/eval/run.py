@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from ..config import ConfigError
+from ..config_flags import OneLineParser
 from .report import last_error_line
 from .report import main as report_main
 from .tasks import TASK, make_motion_task
@@ -58,7 +59,7 @@ def model_args(setting: str, model: str | None, frames: int, stats: Path, extra:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="eval.sh", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="eval.sh", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="checkpoint dir (default: the tiny random model)")
     p.add_argument("--host", default="hf", choices=["hf", "llava-next"],
                    help="transformers (vqtoken_hf) or LLaVA-NeXT (vqtoken_llava_next; needs llava and --model)")

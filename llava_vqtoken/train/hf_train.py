@@ -19,9 +19,8 @@ from typing import Any, NoReturn
 
 import torch
 
-from ..cli import EXIT_BAD_INPUT
 from ..config import CheckpointError, ConfigError
-from ..config_flags import add_compressor_args, overrides_from_args
+from ..config_flags import EXIT_BAD_INPUT, OneLineParser, add_compressor_args, overrides_from_args
 
 log = logging.getLogger("llava_vqtoken.train")
 PARTS = ("vision_tower", "projector", "compressor", "language_model")
@@ -43,7 +42,7 @@ def part_of(name: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="train.sh", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="train.sh", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="LLaVA-OneVision or VQToken checkpoint dir (default: a random model, --preset)")
     p.add_argument("--preset", default="tiny", choices=["tiny", "0.5b"],
                    help="shape of the random default model: tiny (CPU) or 0.5b (SigLIP-so400m + Qwen2-0.5B)")
