@@ -38,7 +38,7 @@ done
 stamp="$LIB/.lock-$(sha256sum "$LOCK" | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   rm -rf "$LIB"
-  "$PY" -m pip install --quiet --no-deps --target "$LIB" -r "$LOCK"
+  "$PY" -m pip install --quiet --no-deps --target "$LIB" -r "$LOCK" 2> >(grep -v "is ignored: it is neither" >&2)
   touch "$stamp"
 fi
 
@@ -54,6 +54,7 @@ toml_list() { local out="" x; for x in "$@"; do out+="\"$x\", "; done; echo "[${
   echo "only_mutate = $(toml_list "${FILES[@]}")"
   echo "pytest_add_cli_args_test_selection = $(toml_list "${TESTS[@]}")"
   echo "pytest_add_cli_args = [\"-p\", \"no:cacheprovider\", \"-x\", \"-q\"]"
+  echo "process_isolation = \"forkserver\"  # torch's thread pools do not survive a plain fork"
 } > "$WORK/pyproject.toml"
 
 cd "$WORK"
