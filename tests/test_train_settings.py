@@ -125,3 +125,36 @@ def test_bad_and_short_clips_are_reported_once_not_every_epoch(tiny_model, tmp_p
     assert ds.short_videos == {str(tmp_path / "short.mp4"): 2}
     warnings = [r.getMessage() for r in caplog.records]
     assert sum("bad.mp4" in w for w in warnings) == 1 and sum("short.mp4" in w for w in warnings) == 1
+
+
+def _refused(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [x for x in err if x.startswith("train.sh: error: ")]
+    assert e.value.code == 2 and len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    return errors[0]
+
+
+@pytest.mark.parametrize("bad, why", [
+    (["--frames", "0"], "--frames must be >= 1, got 0"),
+    (["--model", "{tmp}/nowhere"], "is not a model directory: it has no config.json"),
+    (["--data", "{tmp}/missing.json"], "is not a readable JSON file"),
+    (["--data", "{tmp}/clip.mp4"], "is not a readable JSON file"),
+    (["--data", "{tmp}/dict.json"], "must hold a non-empty JSON list of records"),
+])
+def test_bad_flags_and_files_are_one_line_before_loading(capsys, tmp_path, bad, why):
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\xab\xff" * 10)
+    (tmp_path / "dict.json").write_text('{"video": "a.mp4"}')
+    line = _refused(capsys, [b.format(tmp=tmp_path) for b in bad] + ["--output-dir", str(tmp_path / "o")])
+    assert why in line
+
+
+def test_resume_with_another_spec_is_refused(tiny_model, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--model", str(tiny_model), "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
+            "--save-steps", "1", *FAST]
+    assert main(args) == 0 and (out / "checkpoint-2").is_dir()
+    capsys.readouterr()
+    line = _refused(capsys, [*args, "--num-tokens", "12", "--max-steps", "3"])  # later flags win in argparse
+    assert "cannot resume from" in line and "num_tokens 8 -> 12" in line

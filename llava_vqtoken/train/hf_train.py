@@ -243,6 +243,40 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """Flags and files that can be checked before any model is loaded: one line and exit 2 if bad."""
+    if args.frames < 1:
+        fail(f"--frames must be >= 1, got {args.frames}")
+    if args.model is not None and not (Path(args.model) / "config.json").is_file():
+        fail(f"--model {args.model} is not a model directory: it has no config.json")
+    if args.data is not None:
+        try:
+            rows = json.loads(Path(args.data).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            fail(f"--data {args.data} is not a readable JSON file: {e}")
+        if not isinstance(rows, list) or not rows:
+            fail(f"--data {args.data} must hold a non-empty JSON list of records")
+
+
+def check_resume_spec(checkpoint: str, running) -> None:
+    """A resumed run keeps the compressor spec its checkpoint was trained with: any other change (the
+    flags of this run differ from the interrupted one's) is refused in one line, never silently mixed."""
+    from ..config import CONFIG_KEY, CompressorConfig
+
+    config = Path(checkpoint) / "config.json"
+    if not config.is_file():  # a LoRA checkpoint holds adapters only: its spec is the base model's
+        return
+    saved = json.loads(config.read_text()).get(CONFIG_KEY)
+    if saved is None:
+        return
+    old = CompressorConfig.from_dict(saved)
+    diff = [k for k in old.to_dict() if k != "extra" and getattr(old, k) != getattr(running, k)]
+    if diff:
+        shown = ", ".join(f"{k} {getattr(old, k)!r} -> {getattr(running, k)!r}" for k in diff)
+        fail(f"cannot resume from {checkpoint}: it was trained with another compressor spec ({shown}); "
+             "use the interrupted run's flags, or --no-resume / another --output-dir to start over")
+
+
 def last_checkpoint(output_dir: str) -> str | None:
     found = sorted(glob.glob(os.path.join(output_dir, "checkpoint-*")), key=lambda p: int(p.rsplit("-", 1)[1]))
     return found[-1] if found else None
@@ -290,7 +324,9 @@ def train(argv: list[str] | None = None) -> int:
         dataloader_num_workers=0, seed=0 if args.seed is None else args.seed, use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False, save_only_model=False, ddp_find_unused_parameters=False,
     )
+    check_inputs(args)
     model, proc = build(args)
+    spec = model.config.compressor  # what this run trains (a resume must match it)
     if model.config.compressor.adaptive:
         fail(f"{args.model} has an adaptive-K compressor; {ADAPTIVE_REFUSED}")
     model = apply_freezing_and_lora(model, args)
@@ -330,6 +366,7 @@ def train(argv: list[str] | None = None) -> int:
     )
     resume = None if args.no_resume else last_checkpoint(args.output_dir)
     if resume:
+        check_resume_spec(resume, spec)
         log.info("resuming from %s (optimizer, scheduler and data position)", resume)
     try:
         train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
