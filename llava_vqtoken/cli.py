@@ -115,7 +115,7 @@ def run_compress(a: argparse.Namespace) -> dict[str, Any]:
     from .hosts.hf.features import preprocess_frames, project_video
     from .hosts.hf.load import load_model
     from .hosts.hf.tiny import build_tiny_llava_onevision, default_cache, is_random
-    from .video import load_video, make_video
+    from .video import load_video_counted, make_video
 
     if a.frames < 1:
         raise UsageError(f"--frames must be >= 1, got {a.frames}")
@@ -130,7 +130,10 @@ def run_compress(a: argparse.Namespace) -> dict[str, Any]:
         if not Path(video).exists():
             make_video(video, frames=64)
         _note(f"no --video given: using the generated clip {video}")
-    frames = load_video(video, a.frames)
+    frames, clip_frames = load_video_counted(video, a.frames)
+    if clip_frames < a.frames:
+        _note(f"{video} has {clip_frames} frames, fewer than --frames {a.frames}: frames are repeated to fill "
+              f"{a.frames} (clip_frames in --json says so)")
 
     model_dir = a.model or str(build_tiny_llava_onevision())
     if is_random(model_dir):
@@ -158,6 +161,7 @@ def run_compress(a: argparse.Namespace) -> dict[str, Any]:
         "random_weights": is_random(model_dir),
         "compressor": cfg.to_dict(),
         "frames": int(t),
+        "clip_frames": int(clip_frames),
         "grid": [int(h), int(w)],
         "tokens_in": int(out.tokens_in),
         "tokens_out": out.num_tokens + newline,

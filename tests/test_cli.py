@@ -171,3 +171,14 @@ def test_export_remote_keeps_or_refuses_or_overrides_the_saved_spec(capsys, vq12
     assert code == 2 and "trained with num_tokens=12" in err
     code, _, cfg = exported("--num-tokens", "32", "--override-spec")
     assert code == 0 and cfg["video_compressor"]["num_tokens"] == 32
+
+
+def test_compress_says_when_the_clip_is_shorter_than_frames(capsys, tiny_model, tmp_path):
+    from llava_vqtoken.video import make_video
+
+    clip = make_video(tmp_path / "six.mp4", frames=6, height=32, width=32)
+    code, out, err = run_cli(capsys, "compress", "--video", str(clip), "--frames", "8", "--num-tokens", "8", "--json")
+    assert code == 0, err
+    d = json.loads(out.strip().splitlines()[-1])
+    assert d["frames"] == 8 and d["clip_frames"] == 6  # 2 of the 8 are repeats, and the JSON says so
+    assert f"{clip} has 6 frames, fewer than --frames 8" in err

@@ -1,6 +1,7 @@
 """eval.sh checks every setting before it launches anything, and a failed run names its error (issue 14)."""
 
 import pytest
+import torch
 
 from llava_vqtoken.eval.report import last_error_line
 from llava_vqtoken.eval.run import main as run_main
@@ -40,9 +41,11 @@ def test_bad_setting_is_one_line_exit_2_nothing_launched(setting, field, tmp_pat
     (["--frames", "0"], "--frames"),
     (["--batch-size", "0"], "--batch-size"),
     (["--compressors", "tome:num_tokens=8", "tome:num_tokens=8"], "twice"),
+    (["--model", "/no/such/checkpoint"], "has no config.json"),
+    (["--device", "tpu"], "must be cpu or cuda"),
 ])
 def test_bad_flags_are_one_line_exit_2(argv, what, tmp_path, capsys):
-    rc = run_main([*argv, "--out", str(tmp_path / "ev"), "--device", "cpu"], launch=never_launch)
+    rc = run_main(["--device", "cpu", *argv, "--out", str(tmp_path / "ev")], launch=never_launch)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and what in err, err
     assert not (tmp_path / "ev").exists()
@@ -94,3 +97,10 @@ def test_failed_run_prints_the_logs_error_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     assert "[vqtoken-num_tokens=100000] failed: ValueError: num_tokens=100000 exceeds the 1458 input tokens" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused_not_run_on_the_cpu(tmp_path, capsys):
+    rc = run_main(["--device", "cuda", "--out", str(tmp_path / "ev")], launch=never_launch)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == "eval.sh: error: --device cuda: no CUDA GPU is available here"

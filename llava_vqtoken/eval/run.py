@@ -92,6 +92,28 @@ def parse_model_args(text: str, what: str) -> dict[str, object]:
         raise UsageError(f"{what}: {bad!r} is not key=value") from None
 
 
+def check_model_path(model: str | None) -> None:
+    """A local --model (a folder that exists, or a path: absolute, ./, ../) must hold config.json;
+    anything else is left to the host as a hub id."""
+    if model is None:
+        return
+    local = Path(model).exists() or model.startswith(("/", "./", "../", "~"))
+    if local and not (Path(model).expanduser() / "config.json").is_file():
+        raise UsageError(f"--model {model} is not a model directory: it has no config.json")
+
+
+def check_device(device: str | None) -> None:
+    """``cuda`` without a GPU is refused (the model would quietly run on the CPU)."""
+    import torch
+
+    if device is None or device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        raise UsageError(f"--device {device!r} must be cpu or cuda")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is available here")
+
+
 def check_settings(a: argparse.Namespace, sweep: list[str]) -> None:
     """Every flag and every --compressors setting as the plugin will read it; UsageError on the first bad one."""
     from ..hosts.lmms_plugin import check_model_args
@@ -102,6 +124,8 @@ def check_settings(a: argparse.Namespace, sweep: list[str]) -> None:
             raise UsageError(f"{flag} {value} must be >= 1")
     if a.limit is not None and a.limit <= 0:
         raise UsageError(f"--limit {a.limit:g} must be > 0")
+    check_device(a.device)
+    check_model_path(a.model)
     host = "hf" if a.host == "hf" else "llava-next"
     try:
         check_model_args(host, parse_model_args(a.model_args, "--model-args"))
