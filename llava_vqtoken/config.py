@@ -196,7 +196,7 @@ class CompressorConfig:
             try:
                 return int(value) if base == "int" else float(value)
             except ValueError:
-                raise ConfigError(f"compressor config: {name}={value!r} is not a {base}") from None
+                raise ConfigError(f"compressor config: {name}={value!r} is not {_article(base)} {base}") from None
         return value
 
     @classmethod
@@ -208,6 +208,8 @@ class CompressorConfig:
             key, eq, value = kv.partition("=")
             if not eq:
                 raise ConfigError(f"compressor setting {setting!r}: {kv!r} is not key=value")
+            if key in spec:
+                raise ConfigError(f"compressor setting {setting!r}: {key} is given twice")
             spec[key] = cls.parse_field(key, value)
         return spec
 
@@ -264,3 +266,6 @@ def _parse_json_spec(text: str) -> dict[str, Any]:
 _FIELDS = {f.name: f for f in dataclasses.fields(CompressorConfig)}
 _BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"

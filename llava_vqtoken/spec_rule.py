@@ -27,7 +27,10 @@ RUNTIME_FIELDS = frozenset(
 )
 #: they change the compressor's parameter set (names or shapes)
 PARAMETER_FIELDS = frozenset({"name", "attention", "heads", "footprint_freqs", "footprint", "ffn_dim"})
-OVERRIDE_HINT = "pass --override-spec (lmms-eval model_arg override_spec=true) to run it anyway"
+OVERRIDE_HINT = (
+    "pass --override-spec (compress, export-remote, train.sh) or override_spec=true (eval.sh --model-args, "
+    "lmms-eval model_args) to run it anyway"
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class SpecDecision:
             return None
         head = "checkpoint spec changed by the flags"
         if self.overridden:
-            head += f" (--override-spec: {', '.join(self.overridden)} differ from training)"
+            head += f" (--override-spec, not as trained: {', '.join(self.overridden)})"
         return f"{head}: {'; '.join(self.changes)}"
 
 

@@ -150,8 +150,8 @@ def test_compress_flag_on_a_vqtoken_checkpoint_refused_or_reported(capsys, vq12,
     code, out, err = run_cli(capsys, *base, "--num-tokens", "32", "--override-spec")
     assert code == 0 and json.loads(out.strip().splitlines()[-1])["num_codes"] == 32
     assert [x for x in err.splitlines() if "changed by the flags" in x] == [
-        f"[llava-vqtoken] {vq12}: checkpoint spec changed by the flags (--override-spec: num_tokens differ from "
-        "training): num_tokens 12 -> 32"
+        f"[llava-vqtoken] {vq12}: checkpoint spec changed by the flags (--override-spec, not as trained: num_tokens): "
+        "num_tokens 12 -> 32"
     ]
     code, out, err = run_cli(capsys, *base, "--iters", "3")  # a runtime field: allowed, said in one line
     assert code == 0 and json.loads(out.strip().splitlines()[-1])["compressor"]["iters"] == 3

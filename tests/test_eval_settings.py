@@ -43,6 +43,7 @@ def test_bad_setting_is_one_line_exit_2_nothing_launched(setting, field, tmp_pat
     (["--compressors", "tome:num_tokens=8", "tome:num_tokens=8"], "twice"),
     (["--model", "/no/such/checkpoint"], "has no config.json"),
     (["--device", "tpu"], "must be cpu or cuda"),
+    (["--compressors", "vqtoken:num_tokens=12,num_tokens=32"], "num_tokens given twice"),
 ])
 def test_bad_flags_are_one_line_exit_2(argv, what, tmp_path, capsys):
     rc = run_main(["--device", "cpu", *argv, "--out", str(tmp_path / "ev")], launch=never_launch)

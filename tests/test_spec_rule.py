@@ -50,7 +50,8 @@ def test_other_changes_are_refused_in_one_line_unless_asked(saved, flags, words)
         resolve_spec(saved, flags, where="VQ")
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("VQ holds a compressor trained with") and words in msg, msg
-    assert msg.endswith("pass --override-spec (lmms-eval model_arg override_spec=true) to run it anyway")
+    assert msg.endswith("pass --override-spec (compress, export-remote, train.sh) or override_spec=true "
+                        "(eval.sh --model-args, lmms-eval model_args) to run it anyway")
     d = resolve_spec(saved, flags, allow_override=True)
     assert all(getattr(d.spec, k) == v for k, v in flags.items())
     assert "--override-spec" in d.line() and set(flags) <= set(d.overridden)
@@ -91,3 +92,12 @@ def test_a_json_string_spec_is_parsed_or_refused_clearly():
         CompressorConfig.from_dict("[1, 2]")
     with pytest.raises(ConfigError, match="must be a JSON object of fields, not int"):
         CompressorConfig.from_dict(3)
+
+
+def test_a_setting_names_each_key_once_and_type_errors_read_well():
+    from llava_vqtoken.config import CompressorConfig, ConfigError
+
+    with pytest.raises(ConfigError, match="num_tokens is given twice"):
+        CompressorConfig.parse_setting("vqtoken:num_tokens=12,num_tokens=32")
+    with pytest.raises(ConfigError, match="is not an int$"):
+        CompressorConfig.parse_setting("vqtoken:num_tokens=many")

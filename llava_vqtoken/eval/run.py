@@ -114,6 +114,14 @@ def check_device(device: str | None) -> None:
         raise UsageError(f"--device {device}: no CUDA GPU is available here")
 
 
+def check_keys_once(setting: str) -> None:
+    """``vqtoken:num_tokens=12,num_tokens=32`` is refused (the last value would silently win)."""
+    keys = [kv.partition("=")[0] for kv in setting.partition(":")[2].split(",") if kv]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"{', '.join(twice)} given twice")
+
+
 def check_settings(a: argparse.Namespace, sweep: list[str]) -> None:
     """Every flag and every --compressors setting as the plugin will read it; UsageError on the first bad one."""
     from ..hosts.lmms_plugin import check_model_args
@@ -139,6 +147,7 @@ def check_settings(a: argparse.Namespace, sweep: list[str]) -> None:
         seen[label] = setting
         what = f"bad --compressors setting {setting!r}"
         try:
+            check_keys_once(setting)
             args = parse_model_args(model_args(setting, a.model, a.frames, Path("stats.jsonl"), a.model_args), what)
             check_model_args(host, args)
         except ConfigError as e:
