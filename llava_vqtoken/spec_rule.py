@@ -42,6 +42,11 @@ class SpecDecision:
     changes: tuple[str, ...] = ()
     overridden: tuple[str, ...] = ()  # non-runtime fields changed because the caller asked for it
 
+    def untrained(self, has_parameters: bool) -> bool:
+        """True when a compressor with parameters runs weights that were never trained: a stock
+        checkpoint converted, or a parameter field overridden (trained weights dropped or new ones made)."""
+        return has_parameters and (not self.from_checkpoint or bool(PARAMETER_FIELDS & set(self.overridden)))
+
     def line(self) -> str | None:
         """One line for stderr when the flags changed a saved spec, else None."""
         if not self.changes:

@@ -74,6 +74,10 @@ def test_real_lmms_eval_cli_offline(tiny_model, tmp_path, capsys):
     assert all(r["input_tokens"] == 4 * 729 and r["ratio"] == 17 / 2916 for r in rows)  # 4 frames x 27 x 27
     assert report["random_weights"] is True and all(r["random_weights"] for r in rows)  # the tiny random model
     assert all(r["chance"] == 25.0 for r in rows)
+    # a stock checkpoint converted: VQ-Attention is untrained (pool has no parameters), and the report says so
+    assert [r["untrained_compressor"] for r in rows] == [True, False]
+    assert report["caveats"] == [
+        "vqtoken-num_tokens=16: the compressor's weights are freshly initialised (never trained)"]
     for r in rows:  # the predictions are saved, one line per sample, where the report says
         assert len((tmp_path / r["predictions"]).read_text().splitlines()) == 2
     assert "RANDOM WEIGHTS" in (tmp_path / "report.md").read_text()

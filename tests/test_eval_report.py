@@ -12,7 +12,8 @@ from llava_vqtoken.eval.tasks import TASK
 GRID = 27 * 27  # the real LLaVA-OneVision geometry: 384 px frames, patch 14
 
 
-def fake_run(d, acc, tokens, *, task=TASK, frames=8, random_weights=True, effective=None, samples_file=True):
+def fake_run(d, acc, tokens, *, task=TASK, frames=8, random_weights=True, effective=None, samples_file=True,
+             **extra):
     """A run directory as eval.sh leaves it: lmms-eval's results (+ samples) and the plugin's stats."""
     sub = d / "tiny-llava-ov"
     sub.mkdir(parents=True)
@@ -25,7 +26,7 @@ def fake_run(d, acc, tokens, *, task=TASK, frames=8, random_weights=True, effect
             "\n".join(json.dumps({"doc_id": i, "filtered_resps": ["A"], "target": "B"}) for i in range(n)))
     (d / "stats.jsonl").write_text("\n".join(
         json.dumps({"task": task, "doc_id": i, "visual_tokens": t, "input_tokens": frames * GRID, "seconds": 0.5,
-                    "frames": frames, "compressor": {"name": "vqtoken"}, "random_weights": random_weights})
+                    "frames": frames, "compressor": {"name": "vqtoken"}, "random_weights": random_weights, **extra})
         for i, t in enumerate(tokens)))
 
 
@@ -106,3 +107,32 @@ def test_plot_axes_chance_line_and_legend(tmp_path):
     assert [line.get_ydata()[0] for line in ax.get_lines() if line.get_label() == "chance (25%)"] == [25.0]
     assert not ax.texts  # no annotations to overprint
     assert "random weights" in fig._suptitle.get_text().lower()
+
+
+def test_untrained_or_overridden_compressors_are_named_in_the_report(tmp_path):
+    fake_run(tmp_path / "stock", 0.6, [33] * 2, random_weights=False, untrained_compressor=True, overridden=[])
+    fake_run(tmp_path / "over", 0.6, [13] * 2, random_weights=False, untrained_compressor=False,
+             overridden=["num_tokens"])
+    fake_run(tmp_path / "ok", 0.6, [33] * 2, random_weights=False, untrained_compressor=False, overridden=[])
+    rows = [r for run in ("stock", "over", "ok") for r in summarize_run(run, tmp_path / run)]
+    write_report(rows, tmp_path)
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["caveats"] == [
+        "stock: the compressor's weights are freshly initialised (never trained)",
+        "over: spec overridden against the checkpoint's training (num_tokens)",
+    ]
+    assert (tmp_path / "report.md").read_text().startswith(
+        "**stock: the compressor's weights are freshly initialised (never trained)**\n"
+        "**over: spec overridden against the checkpoint's training (num_tokens)**\n")
+
+
+def test_spec_decision_says_when_weights_are_untrained():
+    from llava_vqtoken.config import CompressorConfig
+    from llava_vqtoken.spec_rule import resolve_spec
+
+    stock = resolve_spec(None, {"num_tokens": 12})
+    assert stock.untrained(has_parameters=True) and not stock.untrained(has_parameters=False)
+    saved = CompressorConfig(num_tokens=32)
+    assert not resolve_spec(saved, {"iters": 3}).untrained(True)
+    assert not resolve_spec(saved, {"num_tokens": 12}, allow_override=True).untrained(True)  # same weights
+    assert resolve_spec(saved, {"attention": "random"}, allow_override=True).untrained(True)  # new weights

@@ -124,6 +124,8 @@ def summarize_run(label: str, run_dir: Path) -> list[dict[str, Any]]:
             "seconds_per_sample": statistics.mean(s["seconds"] for s in task_stats),
             "compressor": task_stats[0]["compressor"], "frames": task_stats[0]["frames"],
             "random_weights": _random_weights(task_stats), "predictions": _predictions(run_dir, task),
+            "untrained_compressor": task_stats[0].get("untrained_compressor"),
+            "overridden": task_stats[0].get("overridden") or [],
         })
     return rows
 
@@ -160,13 +162,30 @@ def _markdown(rows: list[dict[str, Any]], notice: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def spec_caveats(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per run whose compressor was never trained or whose spec was overridden against its
+    checkpoint (README "Which spec runs"): such a score is not the checkpoint's."""
+    out = []
+    for run in dict.fromkeys(r["run"] for r in rows):
+        row = next(r for r in rows if r["run"] == run)
+        if row.get("untrained_compressor"):
+            out.append(f"{run}: the compressor's weights are freshly initialised (never trained)")
+        if row.get("overridden"):
+            out.append(f"{run}: spec overridden against the checkpoint's training ({', '.join(row['overridden'])})")
+    return out
+
+
 def write_report(rows: list[dict[str, Any]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     random = any(r["random_weights"] for r in rows)
     notice = RANDOM_NOTICE if random else None
-    report = {"random_weights": random, "notice": notice, "plot": PLOT, "rows": rows}
+    caveats = spec_caveats(rows)
+    report = {"random_weights": random, "notice": notice, "caveats": caveats, "plot": PLOT, "rows": rows}
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(_markdown(rows, notice))
+    md = _markdown(rows, notice)
+    if caveats:
+        md = "\n".join(f"**{c}**" for c in caveats) + "\n\n" + md
+    (out / "report.md").write_text(md)
     fig = build_figure(rows)
     fig.savefig(out / PLOT, dpi=110)
     import matplotlib.pyplot as plt

@@ -170,6 +170,8 @@ class VideoLmms(_lmms_base()):
     plugin_name = "vqtoken"
     stats_file: str | None = None
     random_weights: bool | None = None
+    untrained_compressor: bool | None = None  # None: the host does not say
+    overridden: list[str] | None = None  # spec fields changed against the checkpoint's training
 
     def _setup_device(self, device: str) -> torch.device:
         """Data parallelism through accelerate: this process's rank, world size and device (CPU when
@@ -208,7 +210,8 @@ class VideoLmms(_lmms_base()):
         if not self.stats_file:
             return
         rec = {"task": task, "doc_id": doc_id, "visual_tokens": int(tokens), "seconds": seconds, "frames": frames,
-               "input_tokens": input_tokens, "random_weights": self.random_weights, "compressor": spec.to_dict()}
+               "input_tokens": input_tokens, "random_weights": self.random_weights, "compressor": spec.to_dict(),
+               "untrained_compressor": self.untrained_compressor, "overridden": self.overridden}
         with open(self.stats_file, "a") as f:
             f.write(json.dumps(rec) + "\n")
 
@@ -252,6 +255,9 @@ class VQTokenHF(VideoLmms):
         self.stats_file = stats_file or os.environ.get("LLAVA_VQTOKEN_STATS")
         self.spec = self.model.config.compressor
         self.random_weights = pretrained is None or is_random(pretrained)
+        params = any(True for _ in self.model.model.video_compressor.parameters())
+        self.untrained_compressor = loaded.decision.untrained(params)
+        self.overridden = list(loaded.decision.overridden)
 
     def _grid_tokens(self) -> int:
         """Post-projector tokens per frame before any compression (27 x 27 = 729 at 384 px, patch 14)."""
