@@ -261,7 +261,7 @@ def test_settings_parse_to_typed_fields_with_one_parser():
     assert parse("vqtoken:adaptive=elbow,num_tokens=null") == {
         "name": "vqtoken", "adaptive": "elbow", "num_tokens": None}
     assert parse("none") == {"name": "none"}
-    for bad, why in [("vqtoken:num_tokens=many", "not a int"), ("vqtoken:colour=red", "unknown field"),
+    for bad, why in [("vqtoken:num_tokens=many", "not an int"), ("vqtoken:colour=red", "unknown field"),
                      ("vqtoken:num_tokens", "not key=value"), ("vqtoken:compile=maybe", "not a boolean")]:
         with pytest.raises(ConfigError, match=why):
             parse(bad)
