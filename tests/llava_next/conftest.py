@@ -4,7 +4,10 @@ into a private hub cache, so HF_HOME is set before transformers is imported."""
 
 import importlib.util
 import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,20 @@ if HAVE_LLAVA:
     from llava_vqtoken.llava_next.tiny import use_offline_cache
 
     use_offline_cache(os.environ["LLAVA_VQTOKEN_LLAVA_HOME"])
+
+
+@pytest.fixture
+def stock_llava_qwen(tmp_path) -> Path:
+    """A stock tiny llava_qwen checkpoint (no compressor), built in a fresh process, where the plugin
+    is not installed, with the private hub cache of these tests."""
+    stock = tmp_path / "llava-qwen-stock"
+    code = f"""
+from llava_vqtoken.llava_next.tiny import build_tiny_llava_qwen, use_offline_cache
+use_offline_cache({os.environ['LLAVA_VQTOKEN_LLAVA_HOME']!r})
+build_tiny_llava_qwen({str(stock)!r})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return stock
 
 
 def pytest_collection_modifyitems(config, items):

@@ -115,16 +115,9 @@ def test_released_checkpoint_layout_loads_without_missing_or_unexpected_keys(ins
     assert out[4].shape[1] - (ids.shape[1] - 1) == m2.get_model().last_video_tokens + 1
 
 
-def test_two_training_steps_through_llava_next_trainer_with_compressor_lr_group(installed, tmp_path):
-    stock = tmp_path / "llava-qwen-stock"
-    # a stock checkpoint: the spec comes in through --video_compressor and initialize_vision_modules
-    code = f"""
-import os, sys
-from llava_vqtoken.llava_next.tiny import build_tiny_llava_qwen, use_offline_cache
-use_offline_cache({os.environ['LLAVA_VQTOKEN_LLAVA_HOME']!r})
-build_tiny_llava_qwen({str(stock)!r})
-"""
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_two_training_steps_through_llava_next_trainer_with_compressor_lr_group(installed, tmp_path,
+                                                                              stock_llava_qwen):
+    stock = stock_llava_qwen  # the spec comes in through --video_compressor and initialize_vision_modules
     frames = tmp_path / "vid"
     frames.mkdir()
     from llava_vqtoken.video import make_video

@@ -50,14 +50,8 @@ def test_launch_check_leaves_clean_data_alone_and_refuses_all_bad(tmp_path):
         drop_unusable_videos(str(data), str(tmp_path / "vid"), str(tmp_path / "out"))
 
 
-def test_training_with_a_corrupt_video_in_the_last_row_skips_it_and_trains(tmp_path):
-    stock = tmp_path / "llava-qwen-stock"
-    code = f"""
-from llava_vqtoken.llava_next.tiny import build_tiny_llava_qwen, use_offline_cache
-use_offline_cache({os.environ['LLAVA_VQTOKEN_LLAVA_HOME']!r})
-build_tiny_llava_qwen({str(stock)!r})
-"""
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_training_with_a_corrupt_video_in_the_last_row_skips_it_and_trains(tmp_path, stock_llava_qwen):
+    stock = stock_llava_qwen
     vids = tmp_path / "vid"
     data, _ = dataset(vids, ["good.mp4", "missing.mp4", "good.mp4", "corrupt.mp4"])
     out = tmp_path / "out"
