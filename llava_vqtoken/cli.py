@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import CheckpointError, CompressorConfig, ConfigError
-from .config_flags import EXIT_BAD_INPUT, OneLineParser, add_compressor_args, overrides_from_args
+from .config_flags import EXIT_BAD_INPUT, OneLineParser, add_compressor_args, model_dir_problem, overrides_from_args
 from .spec_rule import resolve_spec
 
 
@@ -105,8 +105,9 @@ def check_output_file(flag: str, path: str | None) -> None:
 def check_model_dir(path: str) -> None:
     if not Path(path).is_dir():
         raise UsageError(f"--model must be a local model directory: {path}")
-    if not (Path(path) / "config.json").is_file():
-        raise UsageError(f"--model {path} is not a model directory: it has no config.json")
+    why = model_dir_problem(path)
+    if why:
+        raise UsageError(why)
 
 
 def run_compress(a: argparse.Namespace) -> dict[str, Any]:

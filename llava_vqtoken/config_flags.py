@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .config import FIELD_CHOICES, CompressorConfig, ConfigError, field_type, string_fields
@@ -30,6 +31,13 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def model_dir_problem(model: str) -> str | None:
+    """Why ``--model MODEL`` is not a model directory (no config.json in it), or None when it is one."""
+    if not (Path(model).expanduser() / "config.json").is_file():
+        return f"--model {model} is not a model directory: it has no config.json"
+    return None
 
 
 def flag_of(name: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from ..config import ConfigError
-from ..config_flags import OneLineParser
+from ..config_flags import OneLineParser, model_dir_problem
 from .report import last_error_line
 from .report import main as report_main
 from .tasks import TASK, make_motion_task
@@ -98,8 +98,9 @@ def check_model_path(model: str | None) -> None:
     if model is None:
         return
     local = Path(model).exists() or model.startswith(("/", "./", "../", "~"))
-    if local and not (Path(model).expanduser() / "config.json").is_file():
-        raise UsageError(f"--model {model} is not a model directory: it has no config.json")
+    why = model_dir_problem(model) if local else None
+    if why:
+        raise UsageError(why)
 
 
 def check_device(device: str | None) -> None:

@@ -20,7 +20,13 @@ from typing import Any, NoReturn
 import torch
 
 from ..config import CheckpointError, ConfigError
-from ..config_flags import EXIT_BAD_INPUT, OneLineParser, add_compressor_args, overrides_from_args
+from ..config_flags import (
+    EXIT_BAD_INPUT,
+    OneLineParser,
+    add_compressor_args,
+    model_dir_problem,
+    overrides_from_args,
+)
 
 log = logging.getLogger("llava_vqtoken.train")
 PARTS = ("vision_tower", "projector", "compressor", "language_model")
@@ -106,8 +112,7 @@ def build(args: argparse.Namespace):
     try:
         loaded = load_model(model_dir, overrides_from_args(args), args.override_spec, dtype=dtype, note=log.warning)
     except (CheckpointError, ConfigError) as e:  # bad input: one line, exit status 2
-        print(f"train.sh: error: {e}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT) from None
+        fail(str(e))
     return loaded.model, loaded.processor
 
 
@@ -240,15 +245,16 @@ def _numel(p: torch.Tensor) -> int:
 def fail(message: str) -> NoReturn:
     """Stop with one line on stderr and exit status 2 (bad input or a setting that cannot be honoured)."""
     print(f"train.sh: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(EXIT_BAD_INPUT)
 
 
 def check_inputs(args: argparse.Namespace) -> None:
     """Flags and files that can be checked before any model is loaded: one line and exit 2 if bad."""
     if args.frames < 1:
         fail(f"--frames must be >= 1, got {args.frames}")
-    if args.model is not None and not (Path(args.model) / "config.json").is_file():
-        fail(f"--model {args.model} is not a model directory: it has no config.json")
+    why = None if args.model is None else model_dir_problem(args.model)
+    if why:
+        fail(why)
     if args.data is not None:
         try:
             rows = json.loads(Path(args.data).read_text(encoding="utf-8"))
