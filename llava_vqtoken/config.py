@@ -204,12 +204,13 @@ class CompressorConfig:
         """``NAME[:key=value,...]`` (e.g. ``vqtoken:num_tokens=32,attention=none``) -> typed field dict."""
         name, _, rest = setting.partition(":")
         spec: dict[str, Any] = {"name": name}
+        twice = repeated_keys(setting)
+        if twice:
+            raise ConfigError(f"compressor setting {setting!r}: {', '.join(twice)} is given twice")
         for kv in filter(None, rest.split(",")):
             key, eq, value = kv.partition("=")
             if not eq:
                 raise ConfigError(f"compressor setting {setting!r}: {kv!r} is not key=value")
-            if key in spec:
-                raise ConfigError(f"compressor setting {setting!r}: {key} is given twice")
             spec[key] = cls.parse_field(key, value)
         return spec
 
@@ -269,3 +270,9 @@ _BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no"
 
 def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
+
+
+def repeated_keys(setting: str) -> list[str]:
+    """Keys named more than once in ``NAME:key=value,...`` (the last value would silently win)."""
+    keys = [kv.partition("=")[0] for kv in setting.partition(":")[2].split(",") if kv]
+    return sorted({k for k in keys if keys.count(k) > 1})

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from ..config import ConfigError
+from ..config import ConfigError, repeated_keys
 from ..config_flags import OneLineParser, model_dir_problem
 from .report import last_error_line
 from .report import main as report_main
@@ -115,14 +115,6 @@ def check_device(device: str | None) -> None:
         raise UsageError(f"--device {device}: no CUDA GPU is available here")
 
 
-def check_keys_once(setting: str) -> None:
-    """``vqtoken:num_tokens=12,num_tokens=32`` is refused (the last value would silently win)."""
-    keys = [kv.partition("=")[0] for kv in setting.partition(":")[2].split(",") if kv]
-    twice = sorted({k for k in keys if keys.count(k) > 1})
-    if twice:
-        raise ConfigError(f"{', '.join(twice)} given twice")
-
-
 def check_settings(a: argparse.Namespace, sweep: list[str]) -> None:
     """Every flag and every --compressors setting as the plugin will read it; UsageError on the first bad one."""
     from ..hosts.lmms_plugin import check_model_args
@@ -148,7 +140,9 @@ def check_settings(a: argparse.Namespace, sweep: list[str]) -> None:
         seen[label] = setting
         what = f"bad --compressors setting {setting!r}"
         try:
-            check_keys_once(setting)
+            twice = repeated_keys(setting)
+            if twice:
+                raise ConfigError(f"{', '.join(twice)} given twice")
             args = parse_model_args(model_args(setting, a.model, a.frames, Path("stats.jsonl"), a.model_args), what)
             check_model_args(host, args)
         except ConfigError as e:
