@@ -75,6 +75,9 @@ class CompressorConfig:
         seeds matched 20 steps on structured features (docs/BENCHMARKS.md).
     compile: run each Lloyd step through ``torch.compile`` (faster on GPU after a one-off compile).
     newline: the host appends its learned newline token after the video tokens (LLaVA-OneVision does).
+    chunk_frames: 0 compresses the whole video at once; N > 0 streams it (VQToken only, at inference):
+        frames are encoded and projected N at a time, kept on the CPU, and the codebook and key map
+        are fitted block by block (``core.streaming``), so device memory is bounded by N frames.
     """
 
     name: str = "vqtoken"
@@ -99,6 +102,7 @@ class CompressorConfig:
     apply_attention: bool = True
     cuda_graphs: bool = True
     compile: bool = False
+    chunk_frames: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -137,6 +141,10 @@ class CompressorConfig:
             raise bad("footprint", f"is not one of {', '.join(FOOTPRINT)}")
         if self.heads < 1:
             raise bad("heads", "must be >= 1")
+        if self.chunk_frames < 0:
+            raise bad("chunk_frames", "must be >= 0 (0: the whole video at once)")
+        if self.chunk_frames and self.name != "vqtoken":
+            raise bad("chunk_frames", f"streams name='vqtoken' only; {self.name!r} needs the whole video (use 0)")
 
     def _check_types(self) -> None:
         """Every field has its declared type (a bool is not an int: ``num_tokens=True`` is not K=1)."""

@@ -23,7 +23,8 @@ from .config import CheckpointError, CompressorConfig
 
 #: no trained parameters, and the weights do not depend on them: a flag may change them (reported)
 RUNTIME_FIELDS = frozenset(
-    {"iters", "refine_iters", "tol", "seed", "seed_sample", "silhouette_sample", "cuda_graphs", "compile"}
+    {"iters", "refine_iters", "tol", "seed", "seed_sample", "silhouette_sample", "cuda_graphs", "compile",
+     "chunk_frames"}
 )
 #: they change the compressor's parameter set (names or shapes)
 PARAMETER_FIELDS = frozenset({"name", "attention", "heads", "footprint_freqs", "footprint", "ffn_dim"})

@@ -125,10 +125,21 @@ class VQAttention(nn.Module):
 
         ``draw`` (``mode="random"``): ``draw(fn)`` returns ``fn(generator)`` for each video's own random
         stream, stacked ([B, ...]); see ``kmeans.VideoStreams``. Without it the global RNG is used."""
+        fp = footprint_stats(key_map, codebook.shape[1], self.freqs, self.motion)
+        return self.from_footprint(codebook, fp, active, draw)
+
+    def from_footprint(
+        self,
+        codebook: torch.Tensor,
+        footprint: torch.Tensor,
+        active: torch.Tensor | None = None,
+        draw: Callable[[Callable[[torch.Generator], torch.Tensor]], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward` from the footprint statistics [B, K, F] (``footprint_stats`` of the key map,
+        or the same sums taken in chunks by ``core.streaming``)."""
         b, k, d = codebook.shape
         dtype = self.q_proj.weight.dtype
-        fp = footprint_stats(key_map, k, self.freqs, self.motion).to(dtype)
-        v_in = self.footprint_mlp(fp)  # M~ [B, K, D]
+        v_in = self.footprint_mlp(footprint.to(dtype))  # M~ [B, K, D]
         x = self.norm(codebook.to(dtype))
         hd = d // self.heads
 
