@@ -20,13 +20,26 @@ CHILDREN="${MUTMUT_CHILDREN:-1}"
 die() { echo "mutation.sh: $*" >&2; exit 2; }
 [ -x "$PY" ] || die "no project venv at .venv (run scripts/bootstrap.sh first)"
 
-# the core and config tests; a listed file that does not exist is skipped
-TESTS=()
+# Tests per mutated file: a focused list of fast known-answer tests (a survivor costs a full run of
+# every covering test, so the list is kept short). A file without an entry gets the broad list below.
+focused_tests() {
+  case "$1" in
+    llava_vqtoken/core/baselines.py) echo tests/test_known_answers.py tests/test_mutation_baselines.py;;
+    llava_vqtoken/core/vq_attention.py)
+      echo tests/test_known_answers.py tests/test_vq_attention_motion.py tests/test_mutation_vq_attention.py;;
+    llava_vqtoken/core/graphs.py) echo tests/test_mutation_graphs.py;;
+    llava_vqtoken/core/keymap.py) echo tests/test_mutation_keymap.py;;
+    llava_vqtoken/core/metrics.py) echo tests/test_metrics.py tests/test_mutation_metrics.py;;
+    llava_vqtoken/config.py) echo tests/test_config_surface.py tests/test_mutation_config.py;;
+    *) return 1;;
+  esac
+}
+BROAD=()
 for t in test_kmeans test_adaptive test_compressor test_known_answers test_metrics test_vq_attention_motion \
-         test_determinism test_spec_rule test_config_surface; do
-  [ -f "tests/$t.py" ] && TESTS+=("tests/$t.py")
+         test_determinism test_config_surface; do
+  [ -f "tests/$t.py" ] && BROAD+=("tests/$t.py")
 done
-for t in tests/test_mutation_*.py; do [ -f "$t" ] && TESTS+=("$t"); done
+for t in tests/test_mutation_*.py; do [ -f "$t" ] && BROAD+=("$t"); done
 
 FILES=("$@")
 [ ${#FILES[@]} -gt 0 ] || FILES=(llava_vqtoken/core/*.py llava_vqtoken/config.py)
@@ -34,6 +47,17 @@ for f in "${FILES[@]}"; do
   case "$f" in llava_vqtoken/*.py|llava_vqtoken/*\*) ;; *) die "not a file of the package: $f";; esac
   [ -f "$f" ] || [[ "$f" == *\* ]] || die "no such file: $f"
 done
+# the union of the focused lists when every file has one, else the broad list; files that do not
+# exist (a test not written yet) are skipped
+TESTS=()
+for f in "${FILES[@]}"; do
+  if list=$(focused_tests "$f"); then
+    for t in $list; do [ -f "$t" ] && [[ " ${TESTS[*]} " != *" $t "* ]] && TESTS+=("$t"); done
+  else
+    TESTS=("${BROAD[@]}"); break
+  fi
+done
+[ ${#TESTS[@]} -gt 0 ] || die "no test file exists for ${FILES[*]}"
 
 stamp="$LIB/.lock-$(sha256sum "$LOCK" | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
