@@ -49,6 +49,6 @@ setup(
     },
     entry_points={
         "console_scripts": ["llava-vqtoken=llava_vqtoken.cli:main"],
-        "lmms_eval.models": ["llava_vqtoken = llava_vqtoken.hosts.lmms_plugin:manifests"],
+        "lmms_eval.models": ["llava_vqtoken = llava_vqtoken.hosts.lmms_eval.plugin:manifests"],
     },
 )

@@ -8,7 +8,7 @@
 #   --model --data --frames --num-tokens/--adaptive ... --deepspeed zero2|zero3|PATH --lora --freeze
 #   --lr --compressor-lr --projector-lr --vision-lr --epochs|--max-steps --batch-size --grad-accum --save-steps ...).
 #   Length: --epochs E (default 1) or --max-steps N, never both (refused). --adaptive is refused (fixed K only).
-# --host llava-next: LLaVA-NeXT's own train() with VQToken added (python -m llava_vqtoken.llava_next.train;
+# --host llava-next: LLaVA-NeXT's own train() with VQToken added (python -m llava_vqtoken.train.llava_next;
 #   LLaVA-NeXT's flags plus --video_compressor '{"num_tokens": 32}' --video_compressor_lr and the
 #   video_compressor entry of --mm_tunable_parts). Needs LLaVA-NeXT installed (README) and arguments.
 # --gpus N: processes on this node. DeepSpeed's multi-node options pass through unchanged to its launcher:
@@ -39,7 +39,7 @@ if [ "$host" = "llava-next" ]; then
   if [ ${#args[@]} -eq 0 ]; then
     echo "train.sh: error: --host llava-next needs LLaVA-NeXT training arguments (see README)" >&2; exit 2
   fi
-  module=llava_vqtoken.llava_next.train
+  module=llava_vqtoken.train.llava_next
 elif [ -z "${NO_VENV:-}" ]; then ./scripts/bootstrap.sh; PY=.venv/bin/python; DS=.venv/bin/deepspeed; module=llava_vqtoken.train.hf_train
 else PY=python3; DS=deepspeed; module=llava_vqtoken.train.hf_train; fi
 if [ ${#args[@]} -eq 0 ]; then

@@ -35,11 +35,11 @@ for r in json.loads((src / "data.json").read_text()):
 (dst / "data.json").write_text(json.dumps(recs))
 print("frame folders:", sum("video" in r for r in recs), "records:", len(recs))
 PY
-python3 -c "from llava_vqtoken.llava_next.tiny import build_tiny_llava_qwen as b; print(b('/tmp/llava-qwen-05b', preset='0.5b'))" || exit 1
+python3 -c "from llava_vqtoken.hosts.llava_next.tiny import build_tiny_llava_qwen as b; print(b('/tmp/llava-qwen-05b', preset='0.5b'))" || exit 1
 for stage in ${STAGES-zero2 zero3}; do
   for n in ${NPROCS:-1 2}; do
     echo "=== LLaVA-NeXT $stage, $n process(es)"
-    timeout ${RUN_TIMEOUT:-170} torchrun --nproc_per_node "$n" --master_port $((29600 + n)) -m llava_vqtoken.llava_next.train \
+    timeout ${RUN_TIMEOUT:-170} torchrun --nproc_per_node "$n" --master_port $((29600 + n)) -m llava_vqtoken.train.llava_next \
       --model_name_or_path /tmp/llava-qwen-05b --version qwen_1_5 --data_path /tmp/lndata/data.json \
       --video_folder /tmp/lndata --image_folder /tmp/lndata --force_sample True --vision_tower tiny-org/tiny-siglip-patch14-384-26l \
       --mm_projector_type mlp2x_gelu --mm_vision_select_layer -2 --mm_use_im_start_end False --mm_use_im_patch_token False \
@@ -60,7 +60,7 @@ done
 echo "=== reload the ZeRO-3 / 2-GPU checkpoint for inference"
 python3 - <<'PY'
 import numpy as np, torch
-from llava_vqtoken.llava_next import install
+from llava_vqtoken.hosts.llava_next import install
 install()
 from llava.model.builder import load_pretrained_model
 from llava.mm_utils import tokenizer_image_token

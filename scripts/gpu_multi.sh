@@ -5,7 +5,7 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_17_x86_64 -d .whl hjson pydantic pydantic-core==<pydantic's pin> annotated-types \
 #       typing-inspection "typing-extensions>=4.16"
-#   .venv/bin/python -c "from llava_vqtoken.train.data import make_demo_dataset; make_demo_dataset('.gpu/data', n=64)"
+#   .venv/bin/python -c "from llava_vqtoken.synthetic import make_demo_dataset; make_demo_dataset('.gpu/data', n=64)"
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 DS_BUILD_OPS=0 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/deepspeed-*.tar.gz || exit 1

@@ -135,7 +135,7 @@ def test_one_flag_alone(change):
 @pytest.mark.parametrize("change", CASES, ids=IDS)
 def test_lmms_eval_model_args(change):
     from llava_vqtoken.eval.run import parse_model_args
-    from llava_vqtoken.hosts.lmms_plugin import compressor_from_model_args
+    from llava_vqtoken.hosts.lmms_eval.plugin import compressor_from_model_args
 
     name = full(change)["name"]
     args = parse_model_args(f"compressor={name}," + key_values(change, skip=("name",)), "test")
@@ -146,7 +146,7 @@ def test_lmms_eval_model_args(change):
 @pytest.mark.parametrize("change", CASES, ids=IDS)
 def test_eval_sh_and_motionqa_settings(change):
     from llava_vqtoken.eval.run import model_args, parse_model_args
-    from llava_vqtoken.hosts.lmms_plugin import check_model_args, spec_fields_from_model_args
+    from llava_vqtoken.hosts.lmms_eval.plugin import check_model_args, spec_fields_from_model_args
     from llava_vqtoken.motionqa.bench import parse_setting
 
     setting = f"{full(change)['name']}:" + key_values(change, skip=("name",))
@@ -159,7 +159,7 @@ def test_eval_sh_and_motionqa_settings(change):
 
 @pytest.mark.parametrize("change", CASES, ids=IDS)
 def test_llava_next_video_compressor_json(change):
-    from llava_vqtoken.llava_next import decide
+    from llava_vqtoken.hosts.llava_next import decide
 
     spec = expected({**change, "extra": {"note": "kept"}})
     decision = decide(SimpleNamespace(video_compressor=spec.to_json()))  # the flag's JSON, as LLaVA-NeXT stores it
@@ -167,7 +167,7 @@ def test_llava_next_video_compressor_json(change):
 
 
 def test_lmms_eval_aliases_are_kept():
-    from llava_vqtoken.hosts.lmms_plugin import spec_fields_from_model_args
+    from llava_vqtoken.hosts.lmms_eval.plugin import spec_fields_from_model_args
 
     spec, rest = spec_fields_from_model_args({"vqtoken_selection_method": "elbow", "vqtoken_min_clusters": "12",
                                               "vqtoken_max_clusters": "32", "max_frames_num": 16})

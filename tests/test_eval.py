@@ -8,7 +8,7 @@ from llava_vqtoken.config import ConfigError
 from llava_vqtoken.eval.report import main as report_main
 from llava_vqtoken.eval.report import summarize_run
 from llava_vqtoken.eval.run import main as run_main
-from llava_vqtoken.hosts.lmms_plugin import compressor_from_model_args
+from llava_vqtoken.hosts.lmms_eval.plugin import compressor_from_model_args
 
 
 def test_registered_through_entry_points():
@@ -98,7 +98,7 @@ def test_llava_next_model_is_registered_and_maps_model_args():
 
     from lmms_eval.models import MODEL_REGISTRY_V2
 
-    from llava_vqtoken.hosts.lmms_llava_next import overwrite_for
+    from llava_vqtoken.hosts.lmms_eval.llava_next import overwrite_for
 
     assert "vqtoken_llava_next" in MODEL_REGISTRY_V2.list_model_names()
     over, rest = overwrite_for({"pretrained": "ckpt", "vqtoken_selection_method": "elbow", "vqtoken_min_clusters": "12",
@@ -108,7 +108,7 @@ def test_llava_next_model_is_registered_and_maps_model_args():
     over, _ = overwrite_for({"released": "true"})
     assert over["video_compressor"]["attention"] == "released" and over["video_compressor"]["codebook"] == "normalized"
     if importlib.util.find_spec("llava") is None:
-        from llava_vqtoken.hosts.lmms_llava_next import VQTokenLlavaNext
+        from llava_vqtoken.hosts.lmms_eval.llava_next import VQTokenLlavaNext
 
         with pytest.raises(ImportError, match="LLaVA-NeXT"):
             VQTokenLlavaNext(pretrained="x", device="cpu")

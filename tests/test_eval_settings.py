@@ -54,7 +54,7 @@ def test_bad_flags_are_one_line_exit_2(argv, what, tmp_path, capsys):
 
 def test_plugin_only_model_args_are_accepted(tmp_path):
     """Keys the plugin knows (aliases, plugin kwargs, every compressor field) pass the check."""
-    from llava_vqtoken.hosts.lmms_plugin import check_model_args
+    from llava_vqtoken.hosts.lmms_eval.plugin import check_model_args
 
     check_model_args("hf", {"compressor": "vqtoken", "vqtoken_selection_method": "elbow", "vqtoken_min_clusters": 12,
                             "vqtoken_max_clusters": 32, "max_frames_num": 16, "footprint": "motion",

@@ -220,7 +220,7 @@ def test_load_model_refuses_an_untrained_change_in_one_line_and_reports_an_asked
 def test_eval_model_keeps_the_saved_attention_and_codebook(saved_vq, capfd):
     """eval.sh --compressors vqtoken:num_tokens=32 on an attention=none/codebook=normalized checkpoint
     used to run attention=paper with fresh parameters and codebook=raw, silently."""
-    from llava_vqtoken.hosts.lmms_plugin import VQTokenHF
+    from llava_vqtoken.hosts.lmms_eval.plugin import VQTokenHF
 
     path = str(saved_vq["NONE_NORM"])
     lm = VQTokenHF(pretrained=path, device="cpu", num_tokens="16")
@@ -326,7 +326,7 @@ def test_zero_frames_to_the_processor_or_the_model_is_one_clear_error(converted)
 
 def test_eval_settings_are_checked_against_the_checkpoint_before_launch(saved_vq):
     from llava_vqtoken.config import ConfigError
-    from llava_vqtoken.hosts.lmms_plugin import check_model_args
+    from llava_vqtoken.hosts.lmms_eval.plugin import check_model_args
 
     path = str(saved_vq["NONE_NORM"])
     check_model_args("hf", {"pretrained": path, "compressor": "vqtoken", "num_tokens": "16", "frames": "4"})

@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from llava_vqtoken.train.data import VideoQADataset, collate, make_demo_dataset
+from llava_vqtoken.synthetic import make_demo_dataset
+from llava_vqtoken.train.data import VideoQADataset, collate
 from llava_vqtoken.train.hf_train import main
 
 FAST = ["--lr", "2e-3", "--projector-lr", "3e-3", "--compressor-lr", "4e-3", "--batch-size", "4", "--frames", "4"]

@@ -68,7 +68,7 @@ def test_every_checkpoint_loads_with_its_processor_and_short_clips_are_reported(
 
 def test_deepspeed_accelerator_note_is_not_printed():
     pytest.importorskip("deepspeed")
-    quiet = "from llava_vqtoken.train.ranks import quiet_deepspeed_accelerator; quiet_deepspeed_accelerator()\n"
+    quiet = "from llava_vqtoken.dist import quiet_deepspeed_accelerator; quiet_deepspeed_accelerator()\n"
     code = ("import logging, torch\nfrom accelerate.utils import extract_model_from_parallel\n"
             "extract_model_from_parallel(torch.nn.Linear(1, 1))\n"  # what save_pretrained and the Trainer call
             "logging.getLogger('DeepSpeed').warning('still heard')\n")

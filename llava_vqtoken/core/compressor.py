@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,18 +80,7 @@ def pad_tokens(videos: list[CompressedVideo]) -> tuple[torch.Tensor, torch.Tenso
 
 def expected_tokens(cfg: CompressorConfig, frames: int, height: int, width: int) -> int | None:
     """Tokens a compressor emits for a T x H x W video (newline excluded); None when adaptive."""
-    n = frames * height * width
-    if cfg.name == "none":
-        return n
-    if cfg.name == "pool":
-        return int(pool_tokens(torch.zeros(frames, height, width, 1), cfg.num_tokens).shape[0])
-    if cfg.name == "uniform":
-        return int(uniform_tokens(torch.zeros(frames, height, width, 1), cfg.num_tokens).shape[0])
-    if cfg.adaptive is not None:
-        return None
-    if cfg.name == "vqtoken" and cfg.attention == "released" and cfg.apply_attention:
-        return max(frames, cfg.num_tokens)
-    return cfg.num_tokens
+    return COMPRESSORS[cfg.name].expected_tokens(cfg, frames, height, width)
 
 
 def check_features(features: torch.Tensor, finite: bool = True) -> None:
@@ -351,50 +340,119 @@ class VQTokenCompressor(VideoCompressor):
         return tokens, key_map, codebook, finite, finite_out
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """How one baseline reduces a video to its budget: ``reduce(video [T, H, W, D], budget, generator)
+    -> [M, D]``; ``batched``: ``reduce(features [B, T, H, W, D], budget, None)`` gives every video's
+    tokens in one pass; ``seeded``: it draws from the video's own random stream (the generator);
+    ``bounded``: a budget above the video's token count is refused."""
+
+    reduce: Callable[..., Any]
+    batched: bool = False
+    seeded: bool = False
+    bounded: bool = True
+
+
+def _all_tokens(video: torch.Tensor, budget: int | None, g: torch.Generator | None) -> torch.Tensor:
+    return video.reshape(-1, video.shape[-1])
+
+
+#: baseline name -> how it reduces a video (tome and temporal_merge run batched: per-video Python
+#: overhead dominated the steps)
+BASELINES: dict[str, Baseline] = {
+    "none": Baseline(_all_tokens, bounded=False),
+    "pool": Baseline(lambda v, budget, g: pool_tokens(v, budget)),
+    "uniform": Baseline(lambda v, budget, g: uniform_tokens(v, budget)),
+    "prune": Baseline(lambda v, budget, g: prune_tokens(v, budget)),
+    "tome": Baseline(lambda f, budget, g: tome_tokens(f, budget), batched=True),
+    "temporal_merge": Baseline(lambda f, budget, g: temporal_merge_tokens(f, budget), batched=True),
+    "random": Baseline(random_tokens, seeded=True),
+}
+
+
 class BaselineCompressor(VideoCompressor):
-    """Pooling, sampling, pruning and merging baselines under the same total budget."""
+    """Pooling, sampling, pruning and merging baselines under the same total budget (``BASELINES``)."""
 
     def compress(
         self, features: torch.Tensor, defer_checks: bool = False, video_ids: Sequence[int] | None = None
     ) -> list[CompressedVideo]:
         cfg = self.config
+        baseline = BASELINES[cfg.name]
         b, t, h, w, d = features.shape
         n = t * h * w
         budget = cfg.num_tokens
-        if cfg.name != "none" and budget is not None and budget > n:
+        if baseline.bounded and budget is not None and budget > n:
             raise CompressionError(f"num_tokens={budget} exceeds the video's {n} tokens")
-        if cfg.name in ("tome", "temporal_merge"):  # one batched pass: per-video Python overhead dominated steps
-            merge = tome_tokens if cfg.name == "tome" else temporal_merge_tokens
-            return [CompressedVideo(tokens=tok, tokens_in=n) for tok in merge(features, budget)]
+        if baseline.batched:
+            return [CompressedVideo(tokens=tok, tokens_in=n) for tok in baseline.reduce(features, budget, None)]
         out = []
         for i in range(b):
-            v = features[i]
-            if cfg.name == "none":
-                tok = v.reshape(n, d)
-            elif cfg.name == "pool":
-                tok = pool_tokens(v, budget)
-            else:
-                if cfg.name == "uniform":
-                    tok = uniform_tokens(v, budget)
-                elif cfg.name == "prune":
-                    tok = prune_tokens(v, budget)
-                elif cfg.name == "temporal_merge":
-                    tok = temporal_merge_tokens(v, budget)
-                else:
-                    # the video's own stream (the seed's, or its id's), never its place in the batch
-                    g = torch.Generator(device=v.device)
-                    g.manual_seed(video_seed(cfg.seed, None if video_ids is None else video_ids[i]))
-                    tok = random_tokens(v, budget, g)
-            out.append(CompressedVideo(tokens=tok, tokens_in=n))
+            g = self._video_generator(features.device, video_ids, i) if baseline.seeded else None
+            out.append(CompressedVideo(tokens=baseline.reduce(features[i], budget, g), tokens_in=n))
         return out
+
+    def _video_generator(self, device: torch.device, video_ids: Sequence[int] | None, i: int) -> torch.Generator:
+        """The video's own stream (the seed's, or its id's), never its place in the batch."""
+        g = torch.Generator(device=device)
+        g.manual_seed(video_seed(self.config.seed, None if video_ids is None else video_ids[i]))
+        return g
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One compressor name: how to build it (config, hidden size, grid (H, W) or None) and how many
+    tokens it emits for a T x H x W video (config, T, H, W; None when the count depends on the content)."""
+
+    build: Callable[[CompressorConfig, int, tuple[int, int] | None], VideoCompressor]
+    expected_tokens: Callable[[CompressorConfig, int, int, int], int | None]
+
+
+def _build_vqtoken(config: CompressorConfig, hidden_size: int, grid: tuple[int, int] | None) -> VideoCompressor:
+    return VQTokenCompressor(config, hidden_size, None if grid is None else grid[0] * grid[1])
+
+
+def _build_baseline(config: CompressorConfig, hidden_size: int, grid: tuple[int, int] | None) -> VideoCompressor:
+    return BaselineCompressor(config, hidden_size)
+
+
+def _vqtoken_tokens(cfg: CompressorConfig, frames: int, height: int, width: int) -> int | None:
+    if cfg.adaptive is not None:
+        return None
+    if cfg.attention == "released" and cfg.apply_attention:
+        return max(frames, cfg.num_tokens)
+    return cfg.num_tokens
+
+
+def _budget_tokens(cfg: CompressorConfig, frames: int, height: int, width: int) -> int | None:
+    return None if cfg.adaptive is not None else cfg.num_tokens
+
+
+def _shape_tokens(name: str) -> Callable[[CompressorConfig, int, int, int], int]:
+    """Token count of a baseline whose output size follows the grid (pool, uniform): run it on zeros."""
+
+    def count(cfg: CompressorConfig, frames: int, height: int, width: int) -> int:
+        return int(BASELINES[name].reduce(torch.zeros(frames, height, width, 1), cfg.num_tokens, None).shape[0])
+
+    return count
+
+
+#: compressor name (``CompressorConfig.name``) -> its implementation
+COMPRESSORS: dict[str, Registered] = {
+    "vqtoken": Registered(_build_vqtoken, _vqtoken_tokens),
+    "none": Registered(_build_baseline, lambda cfg, frames, height, width: frames * height * width),
+    "pool": Registered(_build_baseline, _shape_tokens("pool")),
+    "uniform": Registered(_build_baseline, _shape_tokens("uniform")),
+    "prune": Registered(_build_baseline, _budget_tokens),
+    "tome": Registered(_build_baseline, _budget_tokens),
+    "temporal_merge": Registered(_build_baseline, _budget_tokens),
+    "random": Registered(_build_baseline, _budget_tokens),
+}
 
 
 def build_compressor(
     config: CompressorConfig | dict[str, Any], hidden_size: int, grid: tuple[int, int] | None = None
 ) -> VideoCompressor:
-    """Registry: the compressor named by ``config.name``. ``grid`` (H, W) is needed only by the
+    """The compressor named by ``config.name`` (``COMPRESSORS``). ``grid`` (H, W) is needed only by the
     released attention layout (its query width is H*W)."""
     config = CompressorConfig.from_dict(config)
-    if config.name == "vqtoken":
-        return VQTokenCompressor(config, hidden_size, None if grid is None else grid[0] * grid[1])
-    return BaselineCompressor(config, hidden_size)
+    return COMPRESSORS[config.name].build(config, hidden_size, grid)

@@ -117,7 +117,7 @@ def check_device(device: str | None) -> None:
 
 def check_settings(a: argparse.Namespace, sweep: list[str]) -> None:
     """Every flag and every --compressors setting as the plugin will read it; UsageError on the first bad one."""
-    from ..hosts.lmms_plugin import check_model_args
+    from ..hosts.lmms_eval.plugin import check_model_args
 
     for flag, value in (("--frames", a.frames), ("--batch-size", a.batch_size), ("--gpus", a.gpus),
                         ("--samples", a.samples)):

@@ -6,7 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from ..train.data import DIRECTIONS
+from ..synthetic import DIRECTIONS
 
 UTILS = '''"""Task helpers for the generated vqtoken_motion_mc task (written by llava_vqtoken.eval.tasks)."""
 import os
@@ -54,7 +54,7 @@ TASK = "vqtoken_motion_mc"
 
 def make_motion_task(out_dir: str | Path, n: int = 8, seed: int = 0) -> Path:
     """Write videos, data.json, utils.py and the task YAML into ``out_dir``; return the directory."""
-    from ..train.data import make_demo_dataset
+    from ..synthetic import make_demo_dataset
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..synthetic import DIRECTIONS
+
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 220, 40),
           "magenta": (210, 50, 210), "cyan": (40, 210, 220)}
 SHAPES = ("square", "circle", "triangle", "cross")
-DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 TYPES = ("identity", "direction", "order", "count")
 REFER = ("color", "order")
 

@@ -301,13 +301,14 @@ def main(argv: list[str] | None = None) -> int:
 def train(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     args = parse_args(argv)
-    from .ranks import quiet_deepspeed_accelerator
+    from ..dist import quiet_deepspeed_accelerator
 
     quiet_deepspeed_accelerator()
     from transformers import TrainerCallback, TrainingArguments
     from transformers.utils import logging as hf_logging
 
-    from .data import VideoQADataset, collate, make_demo_dataset
+    from ..synthetic import make_demo_dataset
+    from .data import VideoQADataset, collate
 
     hf_logging.set_verbosity_error()
     ds_cfg = deepspeed_config(args.deepspeed)
@@ -362,7 +363,7 @@ def train(argv: list[str] | None = None) -> int:
             if args.stop_after_steps and state.global_step >= args.stop_after_steps:
                 raise KeyboardInterrupt(f"stopped after {state.global_step} steps (--stop-after-steps)")
 
-    from .ranks import step_timer
+    from ..dist import step_timer
 
     timer = step_timer()
     trainer = trainer_cls(
@@ -409,7 +410,7 @@ def train(argv: list[str] | None = None) -> int:
 
 def rank_report(trainer) -> dict[str, Any]:
     """Per-rank peak memory and compressor checksum (see :mod:`.ranks`), logged."""
-    from .ranks import rank_report as report
+    from ..dist import rank_report as report
 
     out = report([p for n, p in trainer.model.named_parameters() if "video_compressor" in n])
     log.info("compressor parameters identical across %d rank(s): %s", len(out["per_rank"]),

@@ -14,7 +14,7 @@ import pytest
 HAVE_LLAVA = importlib.util.find_spec("llava") is not None
 if HAVE_LLAVA:
     os.environ.setdefault("LLAVA_VQTOKEN_LLAVA_HOME", tempfile.mkdtemp(prefix="llava-next-hub-"))
-    from llava_vqtoken.llava_next.tiny import use_offline_cache
+    from llava_vqtoken.hosts.llava_next.tiny import use_offline_cache
 
     use_offline_cache(os.environ["LLAVA_VQTOKEN_LLAVA_HOME"])
 
@@ -25,7 +25,7 @@ def stock_llava_qwen(tmp_path) -> Path:
     is not installed, with the private hub cache of these tests."""
     stock = tmp_path / "llava-qwen-stock"
     code = f"""
-from llava_vqtoken.llava_next.tiny import build_tiny_llava_qwen, use_offline_cache
+from llava_vqtoken.hosts.llava_next.tiny import build_tiny_llava_qwen, use_offline_cache
 use_offline_cache({os.environ['LLAVA_VQTOKEN_LLAVA_HOME']!r})
 build_tiny_llava_qwen({str(stock)!r})
 """

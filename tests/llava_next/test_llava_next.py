@@ -13,8 +13,8 @@ import torch
 pytest.importorskip("llava", reason="LLaVA-NeXT (package 'llava') is not installed")
 
 from llava_vqtoken.config import CompressorConfig  # noqa: E402
-from llava_vqtoken.llava_next import install, uninstall  # noqa: E402
-from llava_vqtoken.llava_next.tiny import build_tiny_llava_qwen  # noqa: E402
+from llava_vqtoken.hosts.llava_next import install, uninstall  # noqa: E402
+from llava_vqtoken.hosts.llava_next.tiny import build_tiny_llava_qwen  # noqa: E402
 
 SPEC = CompressorConfig(num_tokens=8).to_dict()
 
@@ -145,7 +145,7 @@ def test_two_training_steps_through_llava_next_trainer_with_compressor_lr_group(
     probe = tmp_path / "groups.json"
     code = f"""
 import json, sys
-import llava_vqtoken.llava_next.train as T
+import llava_vqtoken.train.llava_next as T
 T.patch_training()
 import llava.train.llava_trainer as lt
 orig = lt.LLaVATrainer.create_optimizer
@@ -195,7 +195,7 @@ def test_stock_checkpoint_with_spec_gets_finite_small_compressor_weights(install
 def test_launcher_names_a_missing_video_reader_instead_of_training_without_frames(monkeypatch, tmp_path):
     import llava.utils
 
-    from llava_vqtoken.llava_next.train import check_video_reader
+    from llava_vqtoken.train.llava_next import check_video_reader
 
     data = tmp_path / "d.json"
     data.write_text(json.dumps([{"video": "a.mp4", "conversations": []}]))
@@ -212,7 +212,7 @@ def test_text_only_samples_get_no_image_placeholders_from_the_tiny_tokenizer():
     from llava.constants import IMAGE_TOKEN_INDEX
     from llava.train.train import preprocess_qwen
 
-    from llava_vqtoken.llava_next.tiny import _tokenizer
+    from llava_vqtoken.hosts.llava_next.tiny import _tokenizer
 
     turns = [[{"from": "human", "value": "what is a square? zebra"}, {"from": "gpt", "value": "a shape"}]]
     assert (preprocess_qwen(turns, _tokenizer(), has_image=False)["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 0
@@ -254,7 +254,7 @@ PATCHED_CHECK = """
 import sys, numpy as np, torch
 import llava
 assert llava.__file__.startswith(sys.argv[1]), llava.__file__
-from llava_vqtoken.llava_next.tiny import build_tiny_llava_qwen
+from llava_vqtoken.hosts.llava_next.tiny import build_tiny_llava_qwen
 from llava.model.builder import load_pretrained_model
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import tokenizer_image_token

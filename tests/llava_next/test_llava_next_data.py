@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("llava", reason="LLaVA-NeXT (package 'llava') is not installed")
 
 from llava_vqtoken.config import CompressorConfig  # noqa: E402
-from llava_vqtoken.llava_next.train import SKIPPED_REPORT, drop_unusable_videos  # noqa: E402
+from llava_vqtoken.train.llava_next import SKIPPED_REPORT, drop_unusable_videos  # noqa: E402
 from llava_vqtoken.video import make_video  # noqa: E402
 
 TURNS = [{"from": "human", "value": "<image>\nwhat moves ?"}, {"from": "gpt", "value": "a red square"}]
@@ -71,7 +71,7 @@ def test_training_with_a_corrupt_video_in_the_last_row_skips_it_and_trains(tmp_p
         "--dataloader_num_workers", "0", "--lazy_preprocess", "True", "--attn_implementation", "sdpa",
         "--use_cpu", "True", "--bf16", "False",
     ]
-    code = f"import llava_vqtoken.llava_next.train as T\nT.main({args!r})\n"
+    code = f"import llava_vqtoken.train.llava_next as T\nT.main({args!r})\n"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
                        env=dict(os.environ, WANDB_DISABLED="true"))
     said = r.stdout + r.stderr

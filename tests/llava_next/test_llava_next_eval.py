@@ -8,7 +8,7 @@ pytest.importorskip("llava", reason="LLaVA-NeXT (package 'llava') is not install
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed in this environment")
 
 from llava_vqtoken.eval.run import main as run_main  # noqa: E402
-from llava_vqtoken.llava_next.tiny import build_tiny_llava_qwen  # noqa: E402
+from llava_vqtoken.hosts.llava_next.tiny import build_tiny_llava_qwen  # noqa: E402
 
 
 def test_vqtoken_llava_next_through_lmms_eval_cli(tmp_path):

@@ -13,8 +13,8 @@ import numpy as np  # noqa: E402
 
 from llava_vqtoken.config import CheckpointError, CompressorConfig  # noqa: E402
 from llava_vqtoken.core.compressor import CompressionError  # noqa: E402
-from llava_vqtoken.llava_next import OVERRIDE_KEY, follow_training_flags, install, uninstall  # noqa: E402
-from llava_vqtoken.llava_next.tiny import build_tiny_llava_qwen  # noqa: E402
+from llava_vqtoken.hosts.llava_next import OVERRIDE_KEY, follow_training_flags, install, uninstall  # noqa: E402
+from llava_vqtoken.hosts.llava_next.tiny import build_tiny_llava_qwen  # noqa: E402
 
 VQ8 = CompressorConfig(num_tokens=8).to_dict()
 

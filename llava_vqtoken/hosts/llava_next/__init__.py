@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from ..config import CONFIG_KEY, CheckpointError, CompressorConfig
-from ..spec_rule import PARAMETER_FIELDS, SpecDecision, resolve_spec
+from ...config import CONFIG_KEY, CheckpointError, CompressorConfig
+from ...spec_rule import PARAMETER_FIELDS, SpecDecision, resolve_spec
 
 #: config attribute (an ``overwrite_config`` entry) that lets the given spec change a checkpoint's
 #: trained-with or parameter fields (README "Which spec runs"); never saved
@@ -167,8 +167,8 @@ def _seed_when_loaded(comp) -> None:
 def attach_compressor(model, config) -> None:
     """Build the compressor on an ``LlavaMetaModel`` from ``config.video_compressor`` (idempotent),
     obeying the spec rule against the checkpoint being loaded."""
-    from ..core import build_compressor
-    from ..core.vq_attention import ReleasedVQAttention
+    from ...core import build_compressor
+    from ...core.vq_attention import ReleasedVQAttention
 
     if getattr(model, "video_compressor", None) is not None:
         return

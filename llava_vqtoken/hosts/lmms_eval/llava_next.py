@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from ..config import CONFIG_KEY, CompressorConfig
+from ...config import CONFIG_KEY, CompressorConfig
+from ...spec_rule import resolve_spec
 from ..llava_next.tiny import is_random
-from ..spec_rule import resolve_spec
-from .lmms_plugin import VideoLmms, parse_bool, spec_fields_from_model_args
+from .plugin import VideoLmms, parse_bool, spec_fields_from_model_args
 
-#: overwrite_config key that allows a change of a saved spec (llava_vqtoken.llava_next.OVERRIDE_KEY)
+#: overwrite_config key that allows a change of a saved spec (llava_vqtoken.hosts.llava_next.OVERRIDE_KEY)
 OVERRIDE_KEY = "video_compressor_override_spec"
 
 
@@ -113,7 +113,7 @@ class VQTokenLlavaNext(VideoLmms):
         from llava.mm_utils import tokenizer_image_token
         from tqdm import tqdm
 
-        from ..video import load_video
+        from ...video import load_video
 
         out: list[str] = []
         for req in tqdm(requests, disable=self.rank != 0, desc="vqtoken_llava_next"):

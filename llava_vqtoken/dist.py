@@ -1,5 +1,6 @@
-"""Data-parallel sanity check shared by both hosts' trainers: after updates, the compressor's
-parameters must be identical on every rank."""
+"""Distributed-training helpers shared by both hosts' trainers: the data-parallel sanity check (after
+updates, the compressor's parameters must be identical on every rank), a step timer, and a quiet
+DeepSpeed accelerator detection."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from ..config import ADAPTIVE, CompressorConfig, ConfigError
-from ..spec_rule import resolve_spec
+from ...config import ADAPTIVE, CompressorConfig, ConfigError
+from ...spec_rule import resolve_spec
 
 #: lmms-eval `vqtoken` wrapper's model_args -> ours
 ALIASES = {"vqtoken_min_clusters": "min_codes", "vqtoken_max_clusters": "max_codes", "max_frames_num": "frames"}
@@ -42,12 +42,12 @@ def manifests():
     return [
         ModelManifest(
             model_id="vqtoken_hf",
-            simple_class_path="llava_vqtoken.hosts.lmms_plugin.VQTokenHF",
+            simple_class_path="llava_vqtoken.hosts.lmms_eval.plugin.VQTokenHF",
             aliases=("llava_onevision_vqtoken_hf",),
         ),
         ModelManifest(  # resolved lazily: importing it needs LLaVA-NeXT, only when this model is asked for
             model_id="vqtoken_llava_next",
-            simple_class_path="llava_vqtoken.hosts.lmms_llava_next.VQTokenLlavaNext",
+            simple_class_path="llava_vqtoken.hosts.lmms_eval.llava_next.VQTokenLlavaNext",
             aliases=("llava_onevision_vqtoken_next",),
         ),
     ]
@@ -100,7 +100,7 @@ def split_hf_model_args(model_args: dict[str, Any]) -> tuple[dict[str, Any], dic
 def check_model_args(host: str, args: dict[str, Any]) -> None:
     """Raise ConfigError naming what the host's lmms-eval model would refuse in these model_args (as
     lmms-eval parses them), without loading anything: eval.sh checks every setting before it launches."""
-    from .lmms_llava_next import VQTokenLlavaNext, overwrite_for
+    from .llava_next import VQTokenLlavaNext, overwrite_for
 
     cls = VQTokenHF if host == "hf" else VQTokenLlavaNext
     check_spec_against_checkpoint(host, args)
@@ -123,8 +123,8 @@ def check_model_args(host: str, args: dict[str, Any]) -> None:
 def check_spec_against_checkpoint(host: str, args: dict[str, Any]) -> None:
     """The spec rule for model_args on a local ``pretrained`` checkpoint, without loading a model: what
     the load would refuse is a ConfigError here (eval.sh checks before it launches lmms-eval)."""
-    from ..config import CheckpointError
-    from .lmms_llava_next import OVERRIDE_KEY, overwrite_for
+    from ...config import CheckpointError
+    from .llava_next import OVERRIDE_KEY, overwrite_for
 
     path = args.get("pretrained")
     if not path or not Path(str(path)).is_dir():
@@ -132,7 +132,7 @@ def check_spec_against_checkpoint(host: str, args: dict[str, Any]) -> None:
     rest = {k: v for k, v in args.items() if k != "pretrained"}
     try:
         if host == "hf":
-            from .hf.load import saved_spec
+            from ..hf.load import saved_spec
 
             given = spec_fields_from_model_args(rest)[0]
             allow = parse_bool("override_spec", rest.get("override_spec", False))
@@ -233,8 +233,8 @@ class VQTokenHF(VideoLmms):
         **model_args: Any,
     ) -> None:
         super().__init__()
-        from .hf.load import load_model
-        from .hf.tiny import build_tiny_llava_onevision, is_random
+        from ..hf.load import load_model
+        from ..hf.tiny import build_tiny_llava_onevision, is_random
 
         spec, rest = split_hf_model_args(model_args)
         frames = int(rest.get("frames", frames))
@@ -267,8 +267,8 @@ class VQTokenHF(VideoLmms):
     def generate_until(self, requests) -> list[str]:
         from tqdm import tqdm
 
-        from ..video import load_video
-        from .hf import generate_adaptive
+        from ...video import load_video
+        from ..hf import generate_adaptive
 
         out: list[str] = []
         bs = self.batch_size_per_gpu

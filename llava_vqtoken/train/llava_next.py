@@ -1,4 +1,4 @@
-"""``python -m llava_vqtoken.llava_next.train ...``: LLaVA-NeXT's own ``train()`` with VQToken added.
+"""``python -m llava_vqtoken.train.llava_next ...``: LLaVA-NeXT's own ``train()`` with VQToken added.
 
 Adds ``--video_compressor '{"num_tokens": 32}'`` (the compressor spec, stored in the model config),
 ``--video_compressor_lr`` (its own optimizer group) and the ``video_compressor`` entry of
@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import compressor_parameters, install
+from ..hosts.llava_next import compressor_parameters, install
 
 _PATCHED = False
 
@@ -29,7 +29,7 @@ def _rank_check_class():
         memory and steady-state samples/s, written to <output_dir>/vqtoken_ranks.json by rank 0."""
 
         def __init__(self) -> None:
-            from ..train.ranks import step_timer
+            from ..dist import step_timer
 
             self.timer = step_timer()
 
@@ -37,7 +37,7 @@ def _rank_check_class():
             self.timer.on_step_end(args, state, control, **kw)
 
         def on_train_end(self, args, state, control, model=None, **kw):
-            from ..train.ranks import rank_report
+            from ..dist import rank_report
 
             out = rank_report(compressor_parameters(model))
             if state.is_world_process_zero:
