@@ -135,6 +135,8 @@ class VQTokenLlavaOnevisionModel(LlavaOnevisionModel):
     def forward(self, input_ids=None, pixel_values_videos=None, mm_encoder_outputs=None, **kwargs):
         if pixel_values_videos is not None and input_ids is not None:
             self._check_placeholders(input_ids, pixel_values_videos)
+        if self.training and pixel_values_videos is None and not (mm_encoder_outputs or {}).get("video"):
+            input_ids, kwargs["inputs_embeds"] = None, self._embed_with_blank_video(input_ids, kwargs)
         out = super().forward(
             input_ids=input_ids, pixel_values_videos=pixel_values_videos, mm_encoder_outputs=mm_encoder_outputs,
             **kwargs,
@@ -143,6 +145,22 @@ class VQTokenLlavaOnevisionModel(LlavaOnevisionModel):
         for v in pending:  # deferred NaN/Inf check: the LLM's kernels are already queued
             v.verify()
         return out
+
+    def _embed_with_blank_video(self, input_ids: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.Tensor:
+        """A training batch without video still runs the video path, on one blank frame with weight 0,
+        right after the token embedding as a batch with video does: under ZeRO-3 every rank must gather
+        the same parameters in the same order, or the collectives mismatch (a crash with gloo, a hang
+        or silently wrong parameters with NCCL; DeepSpeed #7170). ``x + 0.0`` leaves the embeddings as
+        they were."""
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            embeds = self.get_input_embeddings()(input_ids)
+        size = self.config.vision_config.image_size
+        p = next(self.vision_tower.parameters())
+        blank = torch.zeros(1, 1, 3, size, size, device=p.device, dtype=p.dtype)
+        feats = self.get_video_features(blank, return_dict=True).pooler_output
+        self._pending.clear()
+        return embeds + (0.0 * feats.float().sum()).to(embeds.dtype)
 
     def get_placeholder_mask(self, input_ids, inputs_embeds, image_features=None, video_features=None):
         """The stock check, preceded by ours wherever video features are scattered into the prompt
@@ -185,29 +203,6 @@ class VQTokenLlavaOnevisionForConditionalGeneration(LlavaOnevisionForConditional
         super().__init__(config)
         self.model = VQTokenLlavaOnevisionModel(config)
         self.post_init()
-
-    def forward(self, input_ids=None, pixel_values_videos=None, mm_encoder_outputs=None, **kwargs):
-        out = super().forward(
-            input_ids=input_ids, pixel_values_videos=pixel_values_videos, mm_encoder_outputs=mm_encoder_outputs,
-            **kwargs,
-        )
-        if self.training and pixel_values_videos is None and not (mm_encoder_outputs or {}).get("video"):
-            # A batch without video still runs the video path on one blank frame (weight 0), so that
-            # every rank gathers the same parameters under ZeRO-3 and none hangs (DeepSpeed #7170).
-            zero = self._blank_video_term()
-            if out.loss is not None:
-                out.loss = out.loss + zero
-            else:
-                out.logits = out.logits + zero
-        return out
-
-    def _blank_video_term(self) -> torch.Tensor:
-        size = self.config.vision_config.image_size
-        p = next(self.model.vision_tower.parameters())
-        blank = torch.zeros(1, 1, 3, size, size, device=p.device, dtype=p.dtype)
-        feats = self.model.get_video_features(blank, return_dict=True).pooler_output
-        self.model._pending.clear()
-        return 0.0 * feats.float().sum()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, video_compressor=None, **kwargs):
