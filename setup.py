@@ -45,7 +45,7 @@ setup(
             "requests",
         ],
         "gpu": ["flash-attn"],
-        "dev": ["pytest", "pytest-timeout", "ruff", "hypothesis"],
+        "dev": ["pytest", "pytest-timeout", "ruff", "hypothesis", "import-linter"],
     },
     entry_points={
         "console_scripts": ["llava-vqtoken=llava_vqtoken.cli:main"],
