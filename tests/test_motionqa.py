@@ -175,3 +175,19 @@ def test_curriculum_flags_are_checked_in_one_line(capsys):
         main(["--types", "order", "direction", "--curriculum-steps", "5", "5",
               "--curriculum-types", "direction", "direction,count", "--device", "cpu"])
     assert "direction,count is not among --types" in capsys.readouterr().err
+
+
+def test_a_runner_owns_its_caches_and_shares_one_copy_of_the_pixels_between_settings():
+    import llava_vqtoken.motionqa.bench as bench
+
+    args = bench.parse_args(["--compressors", "pool", "none", "--steps", "1", "--train-size", "8", "--test-size", "4",
+                             "--frames", "2", "--size", "32", "--batch", "4", "--device", "cpu", "--text-layers", "1",
+                             "--text-hidden", "64", "--vision-layers", "1", "--curriculum-steps", "0"])
+    runner = bench.Runner(args)
+    assert [runner.run(s, 0)["label"] for s in ("pool", "none")] == ["pool", "none"]
+    assert sorted(runner.pixels) == ["pixels_test", "pixels_train"] and sorted(runner.encoded) == ["none", "pool"]
+    for split in ("train", "test"):
+        assert runner.encoded["pool"][split]["pixel_values_videos"] is runner.pixels[f"pixels_{split}"]
+        assert runner.encoded["none"][split]["pixel_values_videos"] is runner.pixels[f"pixels_{split}"]
+    assert bench.Runner(args).pixels == {}  # a second runner starts empty: no module-level cache
+    assert not any(name in vars(bench) for name in ("_PIXELS", "_WORKER"))

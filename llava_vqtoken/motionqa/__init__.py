@@ -1,1 +1,1 @@
-"""Synthetic motion-QA benchmark (issue 8): does a compressor keep what motion questions need?"""
+"""Synthetic motion-QA benchmark: does a compressor keep what motion questions need?"""

@@ -18,9 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import statistics
 import sys
 import time
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +118,6 @@ def encode_all(proc, samples, device, chunk: int = 256) -> dict[str, torch.Tenso
     return {k: torch.cat([p[k] for p in parts]).to(device) for k in parts[0]}
 
 
-_PIXELS: dict[str, torch.Tensor] = {}
-
-
 def take(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
     """Rows ``idx`` of an encoded split; pixels are kept in half precision and come back as float32."""
     return {k: v[idx].float() if v.dtype == torch.float16 else v[idx] for k, v in data.items()}
@@ -170,9 +170,11 @@ def batch_rows(step: int, phases: list[tuple[int, torch.Tensor]], n_train: int, 
     return pool[torch.randint(len(pool), (batch,), generator=gen)]
 
 
-def run_one(spec, train, test, args, seed, device, encoded: dict | None = None) -> dict[str, Any]:
+def run_one(spec, train, test, args, seed, device, encoded: dict | None = None,
+            pixels: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Train one model from scratch on ``train`` and evaluate it on ``test`` at each budget.
-    ``encoded`` caches the encoded splits between seeds of one setting."""
+    ``encoded`` caches the encoded splits between seeds of one setting; ``pixels`` keeps one
+    half-precision copy of each split's pixels for every setting (they are the same)."""
     model, proc = build(spec, args.size, args.patch, args.vision_hidden, args.text_hidden, seed,
                         args.vision_layers, args.text_layers)
     model.to(device).train()
@@ -183,12 +185,13 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None) 
     gen = torch.Generator().manual_seed(seed)
     results: dict[str, Any] = {"spec": spec, "seed": seed, "by_steps": {}}
     encoded = {} if encoded is None else encoded
+    pixels = {} if pixels is None else pixels
     if not encoded:
         encoded.update(train=encode_all(proc, train, device), test=encode_all(proc, test, device))
         for split in ("train", "test"):  # pixels are the same for every setting: keep one copy, in fp16
             key = f"pixels_{split}"
-            _PIXELS.setdefault(key, encoded[split]["pixel_values_videos"].half())
-            encoded[split]["pixel_values_videos"] = _PIXELS[key]
+            pixels.setdefault(key, encoded[split]["pixel_values_videos"].half())
+            encoded[split]["pixel_values_videos"] = pixels[key]
     tr, te = encoded["train"], encoded["test"]
     qtypes = [q for _, q, _, _ in test]
     phases = curriculum_schedule(train, args)
@@ -289,27 +292,89 @@ def make_splits(a: argparse.Namespace) -> tuple[list, list]:
     return make_split(a.train_size, 1000, *args), make_split(a.test_size, 2000, *args)
 
 
-_WORKER: dict[str, Any] = {}
+class Runner:
+    """The runs of one process: builds the splits once and keeps, per setting, the encoded splits (shared
+    by its seeds) and one half-precision copy of the pixels (the same for every setting)."""
 
-
-def run_job(job: tuple[str, int, argparse.Namespace]) -> dict[str, Any]:
-    """One (setting, seed) run. Each process builds the splits once and keeps the encoded ones per setting."""
-    setting, seed, a = job
-    if "splits" not in _WORKER:
-        _PIXELS.clear()
-        if a.device.startswith("cuda"):
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        if args.device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        _WORKER["splits"] = make_splits(a)
-        _WORKER["cache"] = {}
-    res = run_one(parse_setting(setting, a.num_tokens), *_WORKER["splits"], a, seed, torch.device(a.device),
-                  _WORKER["cache"].setdefault(setting, {}))
-    res["label"] = setting
-    res["curriculum"] = [[n, list(types)] for n, types in curriculum_phases(a)]
-    return res
+        self.train, self.test = make_splits(args)
+        self.encoded: dict[str, dict[str, Any]] = {}
+        self.pixels: dict[str, torch.Tensor] = {}
+
+    def run(self, setting: str, seed: int) -> dict[str, Any]:
+        """One (setting, seed) run."""
+        a = self.args
+        res = run_one(parse_setting(setting, a.num_tokens), self.train, self.test, a, seed, torch.device(a.device),
+                      self.encoded.setdefault(setting, {}), self.pixels)
+        res["label"] = setting
+        res["curriculum"] = [[n, list(types)] for n, types in curriculum_phases(a)]
+        return res
 
 
-def _init_worker(threads: int) -> None:
+#: seconds between checks that the workers are still alive while waiting for a result
+WORKER_POLL_S = 5.0
+
+
+def _serve(args: argparse.Namespace, threads: int, jobs, results) -> None:
+    """A worker process: one Runner for every job it takes from ``jobs`` (None: stop); each result, or
+    the error that stopped it, goes to ``results``."""
     torch.set_num_threads(threads)
+    runner: Runner | None = None
+    for setting, seed in iter(jobs.get, None):
+        try:
+            runner = runner or Runner(args)
+            results.put((True, runner.run(setting, seed)))
+        except Exception:
+            results.put((False, f"{setting} seed {seed}:\n{traceback.format_exc()}"))
+            return
+
+
+def run_parallel(jobs: list[tuple[str, int]], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """``args.workers`` processes on ``args.device``, each with its own Runner; results in finish order."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    todo, done = ctx.Queue(), ctx.Queue()
+    for job in [*jobs, *[None] * args.workers]:
+        todo.put(job)
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    procs = [ctx.Process(target=_serve, args=(args, threads, todo, done), daemon=True) for _ in range(args.workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        for _ in jobs:
+            ok, value = _next_result(done, procs)
+            if not ok:
+                raise RuntimeError(f"motionqa: a worker failed on {value}")
+            yield value
+    finally:
+        for proc in procs:
+            proc.join(timeout=WORKER_POLL_S)
+            if proc.is_alive():
+                proc.terminate()
+
+
+def _next_result(done, procs) -> tuple[bool, Any]:
+    while True:
+        try:
+            return done.get(timeout=WORKER_POLL_S)
+        except queue.Empty:
+            if not any(p.is_alive() for p in procs):
+                raise RuntimeError("motionqa: every worker process exited before all runs finished") from None
+
+
+def run_all(jobs: list[tuple[str, int]], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Every (setting, seed) run: in this process, or in ``--workers`` processes."""
+    if args.workers > 1:
+        yield from run_parallel(jobs, args)
+        return
+    runner: Runner | None = None
+    for setting, seed in jobs:
+        runner = runner or Runner(args)
+        yield runner.run(setting, seed)
 
 
 def plot_by_type(rows: list[dict[str, Any]], types: list[str], path: Path, plt) -> None:
@@ -373,7 +438,7 @@ def _phase_types(value: str) -> tuple[str, ...]:
     return types
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llava-vqtoken motionqa", description=__doc__.splitlines()[0])
     p.add_argument("--compressors", nargs="+", default=DEFAULT_COMPRESSORS)
     p.add_argument("--num-tokens", type=int, default=32)
@@ -410,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs trained at once, each in its own process on --device (small models leave a GPU idle)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="runs/motionqa")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, with the curriculum checked against --types (one line, exit 2)."""
+    p = build_parser()
     a = p.parse_args(argv)
     try:
         phases = curriculum_phases(a)
@@ -419,28 +490,20 @@ def main(argv: list[str] | None = None) -> int:
         if not set(types) <= set(a.types):
             p.error(f"--curriculum-types {','.join(types)} is not among --types {' '.join(a.types)}; "
                     "pass --curriculum-steps 0 to train without a curriculum")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(s, seed, a) for seed in a.seeds for s in a.compressors]  # seed-major: a cut-short run covers every setting
-    order = {(s, seed): i for i, (s, seed, _) in enumerate(jobs)}
+    jobs = [(s, seed) for seed in a.seeds for s in a.compressors]  # seed-major: a cut-short run covers every setting
+    order = {job: i for i, job in enumerate(jobs)}
     runs: list[dict[str, Any]] = []
-
-    def keep(res: dict[str, Any]) -> None:
+    for res in tqdm(run_all(jobs, a), total=len(jobs), desc="motionqa"):
         runs.append(res)
         runs.sort(key=lambda r: order[(r["label"], r["seed"])])
         (out / "results.json").write_text(json.dumps(runs, indent=1))
-
-    if a.workers > 1:
-        import multiprocessing as mp
-
-        threads = max(1, (os.cpu_count() or 1) // a.workers)
-        with mp.get_context("spawn").Pool(a.workers, _init_worker, (threads,)) as pool:
-            for res in tqdm(pool.imap_unordered(run_job, jobs), total=len(jobs), desc="motionqa"):
-                keep(res)
-    else:
-        _WORKER.clear()
-        for job in tqdm(jobs, desc="motionqa"):
-            keep(run_job(job))
     print(report(runs, out))
     return 0
 
