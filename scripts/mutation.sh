@@ -2,6 +2,8 @@
 # Mutation testing of the core and the config with mutmut (docs/TESTING.md).
 #
 #   scripts/mutation.sh [FILES...]     default: llava_vqtoken/core/*.py llava_vqtoken/config.py
+#   scripts/mutation.sh --survivors FILES...   rerun only the last run's survivors (and "no tests") of FILES,
+#                                              after new tests; the other mutants keep their results
 #
 # Installs the exact versions of locks/mutation.txt into .mutmut-lib/ (never into .venv), copies the
 # package, the tests and pyproject.toml into .mutmut-work/ with a [tool.mutmut] section whose
@@ -11,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-PY="$ROOT/.venv/bin/python"
+PY="${MUTMUT_PYTHON:-$ROOT/.venv/bin/python}"  # another interpreter (a GPU machine without .venv)
 LIB="$ROOT/.mutmut-lib"
 WORK="$ROOT/.mutmut-work"
 LOCK="$ROOT/locks/mutation.txt"
@@ -41,6 +43,8 @@ for t in test_kmeans test_adaptive test_compressor test_known_answers test_metri
 done
 for t in tests/test_mutation_*.py; do [ -f "$t" ] && BROAD+=("$t"); done
 
+SURVIVORS=0
+if [ "${1:-}" = "--survivors" ]; then SURVIVORS=1; shift; [ $# -gt 0 ] || die "--survivors needs the FILES of the last run"; fi
 FILES=("$@")
 [ ${#FILES[@]} -gt 0 ] || FILES=(llava_vqtoken/core/*.py llava_vqtoken/config.py)
 for f in "${FILES[@]}"; do
@@ -84,7 +88,15 @@ toml_list() { local out="" x; for x in "$@"; do out+="\"$x\", "; done; echo "[${
 cd "$WORK"
 echo "mutation.sh: mutating ${FILES[*]}"
 echo "mutation.sh: tests ${TESTS[*]}"
-PYTHONPATH="$LIB" "$PY" -m mutmut run --max-children "$CHILDREN" >mutmut-run.log 2>&1 \
+NAMES=()
+if [ "$SURVIVORS" = 1 ]; then
+  [ -f mutmut-results.txt ] || die "no earlier run in .mutmut-work to take survivors from"
+  mods=$(printf '%s\n' "${FILES[@]}" | sed 's/\.py$//; s#/#.#g' | paste -sd'|')
+  mapfile -t NAMES < <(grep -E "^\s*($mods)\.\S+: (survived|no tests)$" mutmut-results.txt | sed -E 's/^\s*(\S+):.*/\1/')
+  [ ${#NAMES[@]} -gt 0 ] || die "the last run left no survivor in ${FILES[*]}"
+  echo "mutation.sh: rerunning ${#NAMES[@]} survivors"
+fi
+PYTHONPATH="$LIB" "$PY" -m mutmut run --max-children "$CHILDREN" "${NAMES[@]}" >mutmut-run.log 2>&1 \
   || { tail -20 mutmut-run.log; die "mutmut run failed (log: .mutmut-work/mutmut-run.log)"; }
 PYTHONPATH="$LIB" "$PY" -m mutmut results --all true >mutmut-results.txt 2>&1
 "$PY" - "${FILES[@]}" <<'PYEOF'

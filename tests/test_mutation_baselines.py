@@ -243,3 +243,43 @@ def test_temporal_merge_by_hand_three_frames():
     v = torch.tensor([[1.0, 0], [0, 1], [2, 0], [0, 3], [5, 5], [0, -1]]).reshape(3, 1, 2, 2)
     out = temporal_merge_tokens(v, 5)
     assert out.tolist() == [[0.0, 3.0], [1.5, 0.0], [0.0, 1.0], [5.0, 5.0], [0.0, -1.0]]
+
+
+def test_uniform_frame_count_is_a_quarter_of_the_budget():
+    # budget 5: ceil(5 / 4) = 2 frames (0 and 4) of 5 // 2 = 2 cells (1x2 on a 4x4 frame)
+    out = uniform_tokens(ramp(5, 4, 4), 5)[:, 0]
+    assert out.tolist() == [15.5, 17.5, 415.5, 417.5]
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@CUDA
+def test_baselines_stay_on_the_video_device():
+    v = ramp(5, 4, 4, 2).cuda()
+    assert uniform_tokens(v, 8).device == v.device
+    torch.testing.assert_close(uniform_tokens(v, 8).cpu(), uniform_tokens(v.cpu(), 8))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    out = random_tokens(v, 4, g)
+    assert out.device == v.device and out.shape == (4, 2)
+    torch.testing.assert_close(temporal_merge_tokens(v, 7).cpu(), temporal_merge_tokens(v.cpu(), 7))
+    torch.testing.assert_close(tome_tokens(v, 7).cpu(), tome_tokens(v.cpu(), 7))
+
+
+@pytest.mark.parametrize(
+    ("t", "h", "w", "budget"),
+    [
+        (4, 2, 2, 13),  # excess 3 over 2 pairs: 2 + 1 merges (the last pair is capped by what is left)
+        (7, 1, 2, 3),  # second round: frame 2 (sizes 2) pairs with frame 3, the odd one out (sizes 1)
+        (8, 1, 2, 3),
+        (6, 1, 3, 4),
+        (5, 1, 2, 2),  # the odd frame out of round 2 (sizes 1) pairs, weighted, with the merged one in round 3
+    ],
+)
+def test_temporal_merge_schedule_matches_the_loop_reference(t, h, w, budget):
+    g = torch.Generator().manual_seed(t * 1000 + budget)
+    v = torch.randn(t, h, w, 3, generator=g)
+    out = temporal_merge_tokens(v, budget)
+    assert out.shape == (budget, 3)
+    want = ref_temporal([v[i].reshape(h * w, 3).tolist() for i in range(t)], budget)
+    torch.testing.assert_close(out, torch.tensor(want))

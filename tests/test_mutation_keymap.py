@@ -53,3 +53,35 @@ def test_key_map_grid_is_time_major_raster():
     assert grid.shape == (2, 3, 2, 2)
     assert grid[1, 2, 0, 1].item() == 12 + 2 * 4 + 0 * 2 + 1
     assert grid[0, 1, 1, 0].item() == 1 * 4 + 1 * 2 + 0
+
+
+def test_normalized_half_members_are_rounded_to_half_before_the_sum():
+    # the members are normalised in fp32, stored in the input's fp16, then summed in fp32: averaging
+    # the fp32 unit vectors instead gives -0.08984375 and -0.13427734375 / 0.209228515625 here
+    x = torch.randn(1, 6, 3, generator=torch.Generator().manual_seed(0)).half()
+    labels = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    book, _ = codebook_means(x, labels, 2, torch.eye(3)[None, :2], normalized=True)
+    assert book.dtype == torch.float16
+    assert book.tolist() == [[[-0.135009765625, 0.201416015625, -0.08990478515625],
+                              [-0.1343994140625, 0.2091064453125, 0.57763671875]]]
+    members = torch.nn.functional.normalize(x.float(), dim=-1).half().float()[0]
+    want = torch.stack([members[:3].sum(0) / 3, members[3:].sum(0) / 3]).half()
+    assert torch.equal(book[0], want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_member_sums_of_half_on_cuda_with_and_without_gradients():
+    oh = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]], device="cuda").half()
+    src = torch.tensor([[[1.0, 2.0], [10.0, 20.0], [3.0, 5.0]]], device="cuda").half()
+    sums = member_sums(oh, src)
+    assert sums.dtype == torch.float32 and sums.tolist() == [[[4.0, 7.0], [10.0, 20.0]]]
+    # fp16 would overflow: 3 x 40000 = 120000 > 65504
+    big = torch.full((1, 3, 1), 40000.0, device="cuda").half()
+    assert member_sums(torch.ones(1, 3, 1, device="cuda").half(), big).item() == 120000.0
+    leaf = src.clone().requires_grad_(True)
+    sums = member_sums(oh, leaf)
+    assert sums.dtype == torch.float32 and sums.requires_grad
+    (sums * torch.tensor([[[1.0, 2.0], [3.0, 4.0]]], device="cuda")).sum().backward()
+    assert leaf.grad.tolist() == [[[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]]]
+    with torch.no_grad():
+        assert member_sums(oh, leaf).tolist() == [[[4.0, 7.0], [10.0, 20.0]]]

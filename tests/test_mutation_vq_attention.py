@@ -239,3 +239,32 @@ def test_released_defaults():
     rel = ReleasedVQAttention(16, grid_cells=2)
     layer = rel.transformer_decoder.layers[0]
     assert layer.self_attn.num_heads == 8 and layer.linear1.out_features == 2048
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_everything_stays_on_the_inputs_device():
+    cuda = torch.device("cuda")
+    assert grid_coordinates(2, 2, 2, cuda).device.type == "cuda"
+    assert fourier_features(torch.zeros(2, 3, device=cuda), 2).device.type == "cuda"
+    key_map = torch.randint(0, 3, (2, 3, 2, 2), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        footprint_stats(key_map.cuda(), 4, 2, motion=True).cpu(), footprint_stats(key_map, 4, 2, motion=True)
+    )
+    torch.manual_seed(0)
+    for mode in ("paper", "random"):
+        att = VQAttention(16, heads=2, freqs=2, mode=mode)
+        codebook = torch.randn(2, 4, 16)
+        draw = lambda fn: torch.cat([fn(torch.Generator(device="cuda").manual_seed(i)) for i in range(2)])  # noqa: E731
+        with torch.no_grad():
+            out = att.cuda()(codebook.cuda(), key_map.cuda(), draw=draw if mode == "random" else None)
+        assert out.device.type == "cuda" and out.shape == (2, 4, 16)
+        if mode == "random":
+            with torch.no_grad():
+                out2 = att(codebook.cuda(), key_map.cuda())  # the global CUDA stream
+            assert out2.device.type == "cuda"
+    rel = ReleasedVQAttention(8, grid_cells=4, heads=2, ffn_dim=16).eval()
+    cb, km = torch.randn(3, 8), torch.randint(0, 3, (2, 2, 2))
+    with torch.no_grad():
+        want = rel(cb, km)
+        got = rel.cuda()(cb.cuda(), km.cuda())
+    torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-4)
