@@ -112,3 +112,14 @@ def test_llava_next_model_is_registered_and_maps_model_args():
 
         with pytest.raises(ImportError, match="LLaVA-NeXT"):
             VQTokenLlavaNext(pretrained="x", device="cpu")
+
+
+def test_stats_are_written_only_where_the_stats_file_model_arg_says(tiny_model, tmp_path, monkeypatch):
+    """No environment switch: LLAVA_VQTOKEN_STATS used to redirect the per-sample stats of a model
+    built without stats_file (nothing set it; eval.sh passes stats_file=...)."""
+    from llava_vqtoken.hosts.lmms_eval.plugin import VQTokenHF
+
+    monkeypatch.setenv("LLAVA_VQTOKEN_STATS", str(tmp_path / "from_env.jsonl"))
+    assert VQTokenHF(pretrained=str(tiny_model), device="cpu").stats_file is None
+    given = str(tmp_path / "stats.jsonl")
+    assert VQTokenHF(pretrained=str(tiny_model), device="cpu", stats_file=given).stats_file == given

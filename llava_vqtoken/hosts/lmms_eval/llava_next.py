@@ -12,7 +12,6 @@ behaviour, ``frames``/``max_frames_num``, ``conv_template`` (qwen_1_5), ``model_
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 from typing import Any
 
@@ -91,7 +90,7 @@ class VQTokenLlavaNext(VideoLmms):
         self.conv_template = conv_template
         self.batch_size_per_gpu = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
-        self.stats_file = stats_file or os.environ.get("LLAVA_VQTOKEN_STATS")
+        self.stats_file = stats_file
         self.spec = CompressorConfig.from_dict(self.model.config.video_compressor)  # what runs, after the rule
         self.random_weights = is_random(pretrained)
 

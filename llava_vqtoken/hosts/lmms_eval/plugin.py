@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -252,7 +251,7 @@ class VQTokenHF(VideoLmms):
         self.frames = frames
         self.batch_size_per_gpu = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
-        self.stats_file = stats_file or os.environ.get("LLAVA_VQTOKEN_STATS")
+        self.stats_file = stats_file
         self.spec = self.model.config.compressor
         self.random_weights = pretrained is None or is_random(pretrained)
         params = any(True for _ in self.model.model.video_compressor.parameters())
