@@ -10,6 +10,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="compress one video and report token counts")
     c.add_argument("--video", help="video file (default: a generated clip of moving shapes)")
     c.add_argument("--model", help="transformers LLaVA-OneVision directory (default: tiny random model, built locally)")
-    c.add_argument("--frames", type=int, default=32)
+    c.add_argument("--frames", type=int, default=None,
+                   help="frames sampled uniformly (default 32); with --fps, the most frames (then uniformly)")
+    c.add_argument("--fps", type=float, default=None,
+                   help="sample by time: every round(clip fps / FPS)-th frame, as LLaVA-Video's loaders do")
     add_compressor_args(c)
     c.add_argument("--device", default="cpu")
     c.add_argument("--heatmap", help="write a PNG of sampled frames over their key-map colours")
@@ -110,59 +114,143 @@ def check_model_dir(path: str) -> None:
         raise UsageError(why)
 
 
-def run_compress(a: argparse.Namespace) -> dict[str, Any]:
-    import torch
+@dataclass
+class Compressed:
+    """What ``compress`` computed: the video, its frame plan, the result and how long it took."""
 
-    from .hosts.hf.features import preprocess_frames, project_video
-    from .hosts.hf.load import load_model
-    from .hosts.hf.tiny import build_tiny_llava_onevision, default_cache, is_random
-    from .video import load_video_counted, make_video
+    video: str
+    plan: Any  # video.FramePlan
+    out: Any  # core.CompressedVideo
+    ms: float
+    chunk: int  # frames per streamed chunk (0: the whole video at once)
+    shown: Any  # uint8 frames for --heatmap ([T, H, W, 3]; streamed: the ones the heatmap shows)
 
-    if a.frames < 1:
+
+def check_compress_args(a: argparse.Namespace) -> None:
+    """Every flag of ``compress`` checked before anything is loaded (one line, exit 2)."""
+    if a.frames is not None and a.frames < 1:
         raise UsageError(f"--frames must be >= 1, got {a.frames}")
+    if a.fps is not None and not a.fps > 0:
+        raise UsageError(f"--fps must be a positive number of frames per second, got {a.fps}")
     check_device(a.device)
     check_output_file("--heatmap", a.heatmap)
     if a.model:
         check_model_dir(a.model)
     resolve_spec(None, overrides_from_args(a))  # bad field values fail here, before any loading
-    video = a.video
-    if video is None:
-        video = str(default_cache() / "demo_moving_shapes.mp4")
-        if not Path(video).exists():
-            make_video(video, frames=64)
-        _note(f"no --video given: using the generated clip {video}")
-    frames, clip_frames = load_video_counted(video, a.frames)
-    if clip_frames < a.frames:
-        _note(f"{video} has {clip_frames} frames, fewer than --frames {a.frames}: frames are repeated to fill "
-              f"{a.frames} (clip_frames in --json says so)")
 
-    model_dir = a.model or str(build_tiny_llava_onevision())
-    if is_random(model_dir):
-        _note(f"model {model_dir} has RANDOM weights (tiny built-in default): token counts are real, outputs are not")
-    loaded = load_model(model_dir, overrides_from_args(a), a.override_spec, note=_note)
-    model, cfg = loaded.model.to(a.device).eval(), loaded.decision.spec
-    compressor = model.model.video_compressor
+
+def compress_video_path(a: argparse.Namespace) -> str:
+    """--video, or the generated demo clip (written once)."""
+    from .hosts.hf.tiny import default_cache
+    from .video import make_video
+
+    if a.video is not None:
+        return a.video
+    video = str(default_cache() / "demo_moving_shapes.mp4")
+    if not Path(video).exists():
+        make_video(video, frames=64)
+    _note(f"no --video given: using the generated clip {video}")
+    return video
+
+
+def frame_plan(a: argparse.Namespace, video: str):
+    """The frames to read (--frames uniformly, or --fps by time), and a note when the clip is short."""
+    from .video import plan_frames, probe_video
+
+    total, clip_fps, _ = probe_video(video)
+    plan = plan_frames(total, clip_fps, a.frames, a.fps)
+    if plan.short:
+        asked = f"--frames {a.frames}" if a.fps is None else f"--fps {a.fps} ({plan.asked} frames)"
+        _note(f"{video} has {total} frames, fewer than {asked}: all {len(plan.indices)} are used, none repeated "
+              "(frames_asked and clip_frames in --json say so)")
+    return plan
+
+
+def stream_chunk(a: argparse.Namespace, cfg: CompressorConfig, frames: int) -> int:
+    """Frames per streamed chunk: --chunk-frames (or the spec's), else STREAM_CHUNK for a VQToken clip
+    longer than one chunk, so a long clip never sits in memory at once (--chunk-frames 0 forces it)."""
+    from .hosts.hf.modeling import STREAM_CHUNK
+
+    if cfg.chunk_frames or "chunk_frames" in overrides_from_args(a):
+        return cfg.chunk_frames
+    if cfg.name == "vqtoken" and frames > STREAM_CHUNK:
+        _note(f"{frames} frames: streaming them {STREAM_CHUNK} at a time (--chunk-frames N to choose, 0: all at once)")
+        return STREAM_CHUNK
+    return 0
+
+
+def _timed(fn, device: str) -> tuple[Any, float]:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return out, (time.perf_counter() - t0) * 1000
+
+
+def compress_in_memory(a: argparse.Namespace, loaded, video: str, plan) -> Compressed:
+    """Decode the planned frames, encode them at once, compress (timed after a warm-up)."""
+    import torch
+
+    from .hosts.hf.features import preprocess_frames, project_video
+    from .video import iter_frames
+
+    frames = next(iter_frames(video, plan.indices, len(plan.indices)))
+    compressor = loaded.model.model.video_compressor
     with torch.no_grad():
-        pixels = preprocess_frames(loaded.processor, frames).to(a.device)
-        feats = project_video(model, pixels)
-    _, t, h, w, d = feats.shape
-    with torch.no_grad():
+        feats = project_video(loaded.model, preprocess_frames(loaded.processor, frames).to(a.device))
         compressor(feats)  # warm-up so the timing shows steady state
-        if a.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = compressor(feats)[0]
-        if a.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        ms = (time.perf_counter() - t0) * 1000
+        out, ms = _timed(lambda: compressor(feats)[0], a.device)
+    return Compressed(video, plan, out, ms, 0, frames)
+
+
+def compress_streaming(a: argparse.Namespace, loaded, video: str, plan, chunk: int) -> Compressed:
+    """Decode, encode and project ``chunk`` frames at a time into the streaming fit (the hf host's
+    ``compress_video_stream``); the timing covers all of it. Keeps only the frames --heatmap shows."""
+    from .hosts.hf.features import preprocess_frames
+    from .video import iter_frames
+    from .viz import heatmap_frames
+
+    show = set(heatmap_frames(len(plan.indices)).tolist()) if a.heatmap else set()
+    shown: list[Any] = []
+
+    def pixel_chunks():
+        at = 0
+        for frames in iter_frames(video, plan.indices, chunk):
+            shown.extend(f for i, f in enumerate(frames, start=at) if i in show)
+            at += len(frames)
+            yield preprocess_frames(loaded.processor, frames)
+
+    model = loaded.model.model
+    out, ms = _timed(lambda: model.compress_video_stream(pixel_chunks(), chunk_frames=chunk), a.device)
+    return Compressed(video, plan, out, ms, chunk, shown)
+
+
+def compress_result(
+    a: argparse.Namespace, c: Compressed, cfg: CompressorConfig, model_dir: str, grid: tuple[int, int]
+) -> dict[str, Any]:
+    """The --json object."""
+    import torch
+
+    from .hosts.hf.tiny import is_random
+
+    out = c.out
+    t, (h, w) = len(c.plan.indices), grid
     newline = int(cfg.newline)
     result: dict[str, Any] = {
-        "video": str(video),
+        "video": c.video,
         "model": model_dir,
         "random_weights": is_random(model_dir),
-        "compressor": cfg.to_dict(),
+        "compressor": cfg.replace(chunk_frames=c.chunk).to_dict(),
         "frames": int(t),
-        "clip_frames": int(clip_frames),
+        "frames_asked": int(c.plan.asked),
+        "fps": a.fps,
+        "clip_frames": int(c.plan.total),
+        "clip_fps": c.plan.clip_fps,
+        "chunk_frames": c.chunk,
         "grid": [int(h), int(w)],
         "tokens_in": int(out.tokens_in),
         "tokens_out": out.num_tokens + newline,
@@ -175,17 +263,46 @@ def run_compress(a: argparse.Namespace) -> dict[str, Any]:
             else None
         ),
         "ratio": (out.num_tokens + newline) / out.tokens_in,
-        "compress_ms": round(ms, 3),
+        "compress_ms": round(c.ms, 3),
     }
     if "clamped" in out.stats:
         result["clamped"] = out.stats["clamped"]
-    if a.heatmap:
-        if out.key_map is None:
-            raise UsageError(f"--heatmap needs a key map; compressor {cfg.name!r} has none (use vqtoken)")
-        from .viz import key_map_heatmap
+    return result
 
-        title = f"{Path(video).name}: {out.num_codes} codes"
-        key_map_heatmap(frames, out.key_map.cpu().numpy(), a.heatmap, title=title)
+
+def write_heatmap(a: argparse.Namespace, c: Compressed, cfg: CompressorConfig) -> None:
+    import numpy as np
+
+    from .viz import heatmap_frames, key_map_heatmap
+
+    if c.out.key_map is None:
+        raise UsageError(f"--heatmap needs a key map; compressor {cfg.name!r} has none (use vqtoken)")
+    key_map = c.out.key_map.cpu().numpy()
+    if c.chunk:  # only the frames the heatmap shows were kept
+        key_map = key_map[heatmap_frames(key_map.shape[0])]
+    title = f"{Path(c.video).name}: {c.out.num_codes} codes"
+    key_map_heatmap(np.asarray(c.shown), key_map, a.heatmap, title=title)
+
+
+def run_compress(a: argparse.Namespace) -> dict[str, Any]:
+    from .hosts.hf.features import grid_size
+    from .hosts.hf.load import load_model
+    from .hosts.hf.tiny import build_tiny_llava_onevision, is_random
+
+    check_compress_args(a)
+    video = compress_video_path(a)
+    plan = frame_plan(a, video)
+    model_dir = a.model or str(build_tiny_llava_onevision())
+    if is_random(model_dir):
+        _note(f"model {model_dir} has RANDOM weights (tiny built-in default): token counts are real, outputs are not")
+    loaded = load_model(model_dir, overrides_from_args(a), a.override_spec, note=_note)
+    loaded.model.to(a.device).eval()
+    cfg = loaded.decision.spec
+    chunk = stream_chunk(a, cfg, len(plan.indices))
+    c = compress_streaming(a, loaded, video, plan, chunk) if chunk else compress_in_memory(a, loaded, video, plan)
+    result = compress_result(a, c, cfg, model_dir, grid_size(loaded.model.config))
+    if a.heatmap:
+        write_heatmap(a, c, cfg)
         result["heatmap"] = a.heatmap
     return result
 

@@ -1,8 +1,16 @@
-"""Video decoding (decord, PyAV fallback), uniform frame sampling and synthetic test videos."""
+"""Video decoding (decord, PyAV fallback), uniform frame sampling and synthetic test videos.
+
+Long clips: :func:`plan_frames` picks the frames to read (``frames`` uniformly, or ``fps`` by time as
+LLaVA-Video's loaders do) without decoding anything, and :func:`iter_frames` decodes only those, in
+order, ``chunk`` at a time, so memory holds one chunk, never the clip.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +146,175 @@ def make_video(
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """Which frames of a clip to read, and what was asked (for a one-line report of a short clip)."""
+
+    indices: np.ndarray  # increasing, unique frame indices
+    total: int  # frames in the clip
+    clip_fps: float  # its average frame rate
+    asked: int  # frames asked for (--frames N, or duration x --fps)
+
+    @property
+    def short(self) -> bool:
+        """The clip gives fewer frames than asked (they are not padded)."""
+        return len(self.indices) < self.asked
+
+
+def probe_video(path: str | os.PathLike[str], backend: str = "auto") -> tuple[int, float, str]:
+    """(frame count, average fps, backend that read it) without decoding the frames."""
+    path = _checked_path(path)
+    errors = []
+    for name in _backends(backend):
+        try:
+            total, fps = _PROBES[name](path)
+        except ImportError as e:
+            errors.append(f"{name} not installed ({e})")
+            continue
+        except Exception as e:  # decoders raise many types for corrupt input
+            errors.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            continue
+        if total < 1:
+            raise VideoError(f"video has no frames: {path}")
+        return total, fps, name
+    raise VideoError(f"cannot decode video {path}: {'; '.join(errors)}")
+
+
+def plan_frames(total: int, clip_fps: float, frames: int | None = None, fps: float | None = None) -> FramePlan:
+    """The frames to read: ``frames`` uniformly over the clip, or every round(clip_fps / fps)-th frame
+    from the first (LLaVA-Video's rule), at most ``frames`` of them (then uniformly, as LLaVA-Video's
+    ``max_frames_num``). A clip with fewer frames than asked gives all its frames, not repeats."""
+    if frames is not None and frames < 1:
+        raise VideoError(f"number of frames must be >= 1, got {frames}")
+    if fps is None:
+        n = 32 if frames is None else frames
+        return FramePlan(np.unique(sample_indices(total, min(n, total))), total, clip_fps, n)
+    if not fps > 0 or not math.isfinite(fps):
+        raise VideoError(f"--fps must be a positive number, got {fps}")
+    if not clip_fps > 0:
+        raise VideoError("the clip has no frame rate, so frames cannot be sampled by time; use --frames")
+    step = max(1, round(clip_fps / fps))
+    idx = np.arange(0, total, step)
+    asked = max(1, math.floor(total / clip_fps * fps))
+    if frames is not None and len(idx) > frames:
+        idx = np.unique(sample_indices(total, frames))
+        asked = frames
+    return FramePlan(idx, total, clip_fps, min(asked, len(idx)) if step > 1 else asked)
+
+
+def iter_frames(
+    path: str | os.PathLike[str], indices: np.ndarray, chunk: int, backend: str = "auto"
+) -> Iterator[np.ndarray]:
+    """Decode the frames at ``indices`` (increasing) in order, ``chunk`` at a time: uint8 [c, H, W, 3]."""
+    if chunk < 1:
+        raise VideoError(f"chunk must be >= 1 frame, got {chunk}")
+    path = _checked_path(path)
+    name = probe_video(path, backend)[2]
+    yield from _CHUNKED[name](path, np.asarray(indices), chunk)
+
+
+def _checked_path(path: str | os.PathLike[str]) -> str:
+    path = str(path)
+    if not os.path.exists(path):
+        raise VideoError(f"video not found: {path}")
+    if os.path.isdir(path):
+        raise VideoError(f"video path is a directory: {path}")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"video file is empty: {path}")
+    return path
+
+
+def _backends(backend: str) -> list[str]:
+    if backend != "auto" and backend not in _DECODERS:
+        raise VideoError(f"unknown video backend {backend!r}; choose from {', '.join(_DECODERS)}")
+    return list(_DECODERS) if backend == "auto" else [backend]
+
+
+def _probe_decord(path: str) -> tuple[int, float]:
+    from decord import VideoReader, cpu  # type: ignore[import-not-found]
+
+    vr = VideoReader(path, ctx=cpu(0), num_threads=1)
+    return len(vr), float(vr.get_avg_fps())
+
+
+def _probe_pyav(path: str) -> tuple[int, float]:
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise VideoError(f"video has no frames (no video stream): {path}")
+        stream = container.streams.video[0]
+        total = stream.frames or sum(1 for p in container.demux(stream) if p.size)
+        rate = stream.average_rate or stream.guessed_rate
+        return int(total), float(rate) if rate else 0.0
+
+
+def _probe_opencv(path: str) -> tuple[int, float]:
+    import cv2  # type: ignore[import-not-found]
+
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            raise RuntimeError("OpenCV cannot open it")
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS))
+    finally:
+        cap.release()
+
+
+def _chunks_decord(path: str, indices: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    from decord import VideoReader, cpu  # type: ignore[import-not-found]
+
+    vr = VideoReader(path, ctx=cpu(0), num_threads=1)
+    for s in range(0, len(indices), chunk):
+        yield vr.get_batch(indices[s : s + chunk].tolist()).asnumpy()
+
+
+def _sequential(frames: Iterator[np.ndarray], indices: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    """Keep the frames at ``indices`` of a frame-by-frame decode, yielded ``chunk`` at a time."""
+    want, buf, at = iter(indices.tolist()), [], 0
+    nxt = next(want, None)
+    for i, frame in enumerate(frames):
+        if nxt is None:
+            break
+        if i == nxt:
+            buf.append(frame)
+            at += 1
+            nxt = next(want, None)
+            if len(buf) == chunk:
+                yield np.stack(buf)
+                buf = []
+    if buf:
+        yield np.stack(buf)
+    if at < len(indices):
+        raise VideoError(f"the clip ended after frame {i}, before {len(indices) - at} of the planned frames")
+
+
+def _chunks_pyav(path: str, indices: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    import av
+
+    with av.open(path) as container:
+        frames = (f.to_ndarray(format="rgb24") for f in container.decode(video=0))
+        yield from _sequential(frames, indices, chunk)
+
+
+def _chunks_opencv(path: str, indices: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    import cv2  # type: ignore[import-not-found]
+
+    cap = cv2.VideoCapture(path)
+
+    def frames() -> Iterator[np.ndarray]:
+        ok, frame = cap.read()
+        while ok:
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            ok, frame = cap.read()
+
+    try:
+        yield from _sequential(frames(), indices, chunk)
+    finally:
+        cap.release()
+
+
+_PROBES = {"decord": _probe_decord, "pyav": _probe_pyav, "opencv": _probe_opencv}
+_CHUNKED = {"decord": _chunks_decord, "pyav": _chunks_pyav, "opencv": _chunks_opencv}

@@ -7,6 +7,11 @@ import os
 import numpy as np
 
 
+def heatmap_frames(t: int, max_frames: int = 8) -> np.ndarray:
+    """Which of T frames :func:`key_map_heatmap` shows (a streamed ``compress`` keeps only these)."""
+    return np.unique(np.linspace(0, t - 1, min(max_frames, t)).round().astype(int))
+
+
 def key_map_heatmap(
     frames: np.ndarray, key_map: np.ndarray, path: str | os.PathLike[str], max_frames: int = 8, title: str = ""
 ) -> None:
@@ -21,7 +26,7 @@ def key_map_heatmap(
     import matplotlib.pyplot as plt
 
     t = key_map.shape[0]
-    pick = np.unique(np.linspace(0, t - 1, min(max_frames, t)).round().astype(int))
+    pick = heatmap_frames(t, max_frames)
     k = int(key_map.max()) + 1
     cmap = matplotlib.colormaps["tab20" if k <= 20 else "turbo"].resampled(max(k, 2))
     fig, axes = plt.subplots(2, len(pick), figsize=(2.2 * len(pick), 4.6), squeeze=False)

@@ -180,5 +180,6 @@ def test_compress_says_when_the_clip_is_shorter_than_frames(capsys, tiny_model, 
     code, out, err = run_cli(capsys, "compress", "--video", str(clip), "--frames", "8", "--num-tokens", "8", "--json")
     assert code == 0, err
     d = json.loads(out.strip().splitlines()[-1])
-    assert d["frames"] == 8 and d["clip_frames"] == 6  # 2 of the 8 are repeats, and the JSON says so
-    assert f"{clip} has 6 frames, fewer than --frames 8" in err
+    assert (d["frames"], d["frames_asked"], d["clip_frames"]) == (6, 8, 6)  # all 6, none repeated
+    assert d["tokens_in"] == 6 * 729 and d["key_map_shape"] == [6, 27, 27]
+    assert f"{clip} has 6 frames, fewer than --frames 8: all 6 are used, none repeated" in err

@@ -143,3 +143,76 @@ def test_settings_that_cannot_stream_are_refused():
         store.append(x[:2, :4])
     with pytest.raises(CompressionError, match=">= 1"):
         FeatureStore(0)
+
+
+# ---------------------------------------------------------------- decoding, the transformers host, the CLI
+
+
+def test_plan_frames_known_answers():
+    from llava_vqtoken.video import plan_frames
+
+    p = plan_frames(9600, 8.0, fps=1)  # 20 minutes at 8 fps, 1 frame/s: every 8th frame
+    assert len(p.indices) == 1200 and p.indices[:3].tolist() == [0, 8, 16] and not p.short
+    p = plan_frames(9600, 8.0, frames=100, fps=1)  # capped: uniform, as LLaVA-Video's max_frames_num
+    assert len(p.indices) == 100 and p.indices[-1] == 9599
+    p = plan_frames(6, 8.0, frames=8)  # short clip: all 6 frames, reported, not padded
+    assert p.indices.tolist() == list(range(6)) and p.asked == 8 and p.short
+    p = plan_frames(80, 8.0, fps=16)  # more frames/s than the clip has: all of them, reported
+    assert len(p.indices) == 80 and p.asked == 160 and p.short
+    assert plan_frames(100, 25.0, frames=4).indices.tolist() == [0, 33, 66, 99]
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav", "opencv"])
+def test_iter_frames_reads_only_the_planned_frames_in_chunks(video_file, backend):
+    import numpy as np
+
+    from llava_vqtoken.video import iter_frames, load_video
+
+    idx = np.array([0, 5, 11, 23])
+    chunks = list(iter_frames(video_file, idx, 3, backend=backend))
+    assert [c.shape[0] for c in chunks] == [3, 1]
+    every = load_video(video_file, 24, backend=backend)  # the clip has 24 frames: all of them
+    assert np.array_equal(np.concatenate(chunks), every[idx])
+
+
+def test_hf_host_streams_like_it_compresses_in_memory(tiny_model, video_file):
+    """get_video_features with chunk_frames > 0 gives the in-memory key map (up to rounding)."""
+    from llava_vqtoken.hosts.hf.features import preprocess_frames
+    from llava_vqtoken.hosts.hf.load import load_model
+    from llava_vqtoken.video import load_video
+
+    out = {}
+    for chunk in (0, 3):
+        loaded = load_model(str(tiny_model), {"num_tokens": 12, "chunk_frames": chunk}, False)
+        model = loaded.model.eval()
+        pixels = preprocess_frames(loaded.processor, load_video(video_file, 8))
+        with torch.no_grad():
+            feats = model.model.get_video_features(pixels, return_dict=True)
+        out[chunk] = (feats.pooler_output, feats["video_key_map"][0])
+    assert out[0][0].shape == out[3][0].shape == (1, 13, 64)  # 12 codes + newline
+    # the tiny random model's tokens have many near ties: rounding moves a few, the bar holds
+    assert matched_agreement(out[0][1], out[3][1]) >= AGREEMENT
+
+
+def test_cli_streams_long_clips_and_matches_in_memory(capsys, tiny_model, video_file):
+    import json
+
+    from llava_vqtoken.cli import main
+
+    def run(*extra):
+        code = main(["compress", "--video", str(video_file), "--num-tokens", "8", "--json", *extra])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return json.loads(out.strip().splitlines()[-1]), err
+
+    streamed, _ = run("--fps", "8", "--chunk-frames", "5")  # the 8 fps clip at 8 fps: all 24 frames
+    whole, _ = run("--frames", "24", "--chunk-frames", "0")
+    assert (streamed["frames"], streamed["chunk_frames"], whole["chunk_frames"]) == (24, 5, 0)
+    assert streamed["key_map_sha256"] == whole["key_map_sha256"]
+    auto, err = run("--frames", "40")  # 24 frames, fewer than asked; 24 <= 32: in memory
+    assert auto["chunk_frames"] == 0 and auto["frames"] == 24 and "none repeated" in err
+    code = main(["compress", "--video", str(video_file), "--fps", "0"])
+    assert code == 2 and capsys.readouterr()[1].count("\n") == 1
+    code = main(["compress", "--video", str(video_file), "--compressor", "pool", "--chunk-frames", "4"])
+    err = capsys.readouterr()[1]
+    assert code == 2 and "chunk_frames" in err

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -31,10 +31,13 @@ from transformers import (
 from ...config import CONFIG_KEY, CheckpointError, CompressorConfig
 from ...core import build_compressor
 from ...core.compressor import CompressedVideo, CompressionError, expected_tokens
+from ...core.streaming import FeatureStore, check_streamable, compress_streamed
 from .features import grid_size
 
 MODEL_TYPE = "vqtoken_llava_onevision"
 COMPRESSOR_PREFIX = "model.video_compressor."
+#: frames per chunk when a caller streams a spec whose chunk_frames is 0 (the CLI on a long clip)
+STREAM_CHUNK = 32
 log = logging.getLogger("llava_vqtoken")
 
 
@@ -95,24 +98,25 @@ class VQTokenLlavaOnevisionModel(LlavaOnevisionModel):
                 f"pixel_values_videos must be [videos, frames, 3, H, W] with at least one frame, got shape "
                 f"{tuple(pixel_values_videos.shape)}"
             )
-        out = super().get_video_features(
-            pixel_values_videos,
-            vision_feature_layer=vision_feature_layer,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            **kwargs,
-        )
-        b, t = pixel_values_videos.shape[:2]
-        h, w = grid_size(self.config)
-        pooled, n = out.pooler_output, t * h * w
-        if pooled.shape[1] not in (n, n + 1):
-            raise ValueError(f"unexpected video feature length {pooled.shape[1]} for {t} frames of {h}x{w}")
-        # transformers 5.23 appends the newline here; older 5.x (e.g. 5.17) append it in forward instead
-        forward_adds_newline = pooled.shape[1] == n
-        grid = pooled[:, :n]
-        feats = grid.reshape(b, t, h, w, grid.shape[-1])
-        videos = self.video_compressor(feats, defer_checks=True)
-        self._pending.extend(videos)
         spec = self.config.compressor
+        chunk = spec.chunk_frames
+        first = pixel_values_videos[:, :chunk] if chunk else pixel_values_videos
+        out, feats, forward_adds_newline = self._grid_features(
+            first, vision_feature_layer, vision_feature_select_strategy, **kwargs
+        )
+        if chunk:
+            videos = [
+                self.compress_video_stream(
+                    (pixel_values_videos[i : i + 1, s : s + chunk] for s in range(chunk, pixel_values_videos.shape[1],
+                                                                                  chunk)),
+                    first_chunk=feats[i], vision_feature_layer=vision_feature_layer,
+                    vision_feature_select_strategy=vision_feature_select_strategy, **kwargs,
+                )
+                for i in range(pixel_values_videos.shape[0])
+            ]
+        else:
+            videos = self.video_compressor(feats, defer_checks=True)
+            self._pending.extend(videos)
         if forward_adds_newline and not spec.newline:
             raise ValueError("newline=False needs transformers >= 5.23 (older versions always append a newline)")
         rows = []
@@ -131,6 +135,46 @@ class VQTokenLlavaOnevisionModel(LlavaOnevisionModel):
         out["video_num_tokens"] = lengths
         out["video_key_map"] = [v.key_map for v in videos]
         return out
+
+    def _grid_features(
+        self, pixel_values_videos: torch.Tensor, vision_feature_layer=None, vision_feature_select_strategy=None,
+        **kwargs: Any,
+    ) -> tuple[Any, torch.Tensor, bool]:
+        """The stock video path without its pooling: (its output, post-projector grid [B, T, H, W, D],
+        whether this transformers appends the newline in ``forward`` rather than here)."""
+        out = super().get_video_features(
+            pixel_values_videos,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            **kwargs,
+        )
+        b, t = pixel_values_videos.shape[:2]
+        h, w = grid_size(self.config)
+        pooled, n = out.pooler_output, t * h * w
+        if pooled.shape[1] not in (n, n + 1):
+            raise ValueError(f"unexpected video feature length {pooled.shape[1]} for {t} frames of {h}x{w}")
+        # transformers 5.23 appends the newline here; older 5.x (e.g. 5.17) append it in forward instead
+        grid = pooled[:, :n]
+        return out, grid.reshape(b, t, h, w, grid.shape[-1]), pooled.shape[1] == n
+
+    @torch.no_grad()
+    def compress_video_stream(
+        self, pixel_chunks: Iterable[torch.Tensor], first_chunk: torch.Tensor | None = None,
+        video_id: int | None = None, chunk_frames: int | None = None, **kwargs: Any,
+    ) -> CompressedVideo:
+        """One video, streamed (``chunk_frames`` > 0): each chunk of pixel values [1, t, 3, S, S] goes
+        through the vision tower and the projector, its features into a CPU store; then the streaming
+        fit (``core.streaming``). ``first_chunk``: features [t, H, W, D] already computed. The device
+        holds one chunk at a time. ``chunk_frames``: the fit's blocks (default: the spec's, else
+        STREAM_CHUNK). The CLI's ``compress`` runs this too."""
+        comp = check_streamable(self.video_compressor)
+        store = FeatureStore(chunk_frames or comp.config.chunk_frames or STREAM_CHUNK)
+        if first_chunk is not None:
+            store.append(first_chunk)
+        device = self.image_newline.device
+        for pixels in pixel_chunks:
+            store.append(self._grid_features(pixels.to(device), **kwargs)[1][0])
+        return compress_streamed(comp, store, device, video_id)
 
     def forward(self, input_ids=None, pixel_values_videos=None, mm_encoder_outputs=None, **kwargs):
         if pixel_values_videos is not None and input_ids is not None:
