@@ -429,7 +429,7 @@ def compress_streamed(
     codebook = torch.where((counts == 0)[:, None], fallback, means)[perm[0]].to(store.blocks[0].dtype).to(device)
     key_map = key_map_grid(labels, t, h, w)[0]
     finite = torch.isfinite(codebook).all() & torch.isfinite(fin.inertia)
-    tokens = _attend(compressor, codebook, key_map, active, ks, video_id)
+    tokens = _attend(compressor, codebook, key_map, active, ks, video_id, store.chunk_frames)
     stats: dict[str, Any] = {
         "num_codes": ks, "inertia": fin.inertia, "finite": finite, "finite_output": torch.isfinite(tokens).all(),
         "streamed_chunk_frames": store.chunk_frames,
@@ -442,7 +442,7 @@ def compress_streamed(
 
 def _attend(
     comp: VQTokenCompressor, codebook: torch.Tensor, key_map: torch.Tensor, active: torch.Tensor, ks: int,
-    video_id: int | None,
+    video_id: int | None, chunk_frames: int,
 ) -> torch.Tensor:
     """The compressor's attention on the streamed codebook and key map (as its ``_post`` does)."""
     cfg = comp.config
@@ -459,5 +459,5 @@ def _attend(
             lambda g: torch.rand(1, key_map.numel(), device=key_map.device, generator=g))
         attn_map = key_map_grid((r * ks).long(), t, h, w)[0]
     draw = VideoStreams(1, key_map.device, cfg.seed + 2, ids).draw if cfg.attention == "random" else None
-    fp = footprint_streamed(attn_map, codebook.shape[0], att.freqs, att.motion, max(1, cfg.chunk_frames))
+    fp = footprint_streamed(attn_map, codebook.shape[0], att.freqs, att.motion, chunk_frames)
     return att.from_footprint(codebook[None], fp, active=active[None], draw=draw)[0, :ks]
