@@ -1,4 +1,5 @@
-"""Host-free core: clustering, key map, VQ-Attention, baselines, metrics. Imports torch only."""
+"""Host-free core: clustering, key map, VQ-Attention, baselines, metrics. Imports torch, numpy and the
+package's floor 0 (config, shapes) only: no host library (the import contract in pyproject.toml checks it)."""
 
 from .adaptive import AdaptiveChoice, adaptive_kmeans
 from .compressor import (
