@@ -41,6 +41,7 @@ from .compressor import CompressedVideo, CompressionError, VQTokenCompressor
 from .keymap import canonical_order, key_map_grid, member_sums
 from .kmeans import (
     OVERSAMPLE,
+    OVERSEED_TRIALS,
     SeedNoise,
     VideoStreams,
     assign,
@@ -242,13 +243,17 @@ def streaming_kmeans(
     store: FeatureStore, k: int, iters: int, tol: float, seed: int, seed_sample: int | None,
     device: torch.device, video_id: int | None = None, oversample: int = OVERSAMPLE,
 ) -> tuple[torch.Tensor, StreamPass]:
-    """Fixed-K fit over a store: (centroids [K, D], final pass); ``oversample`` as in ``cosine_kmeans``."""
+    """Fixed-K fit over a store: (centroids [K, D], final pass); ``oversample`` as in ``cosine_kmeans``.
+
+    This mirrors ``kmeans.cosine_kmeans``'s recipe step for step (pool, seeds, over-seeding trials,
+    Lloyd budget split, Ward merge, refinement); tests/test_streaming.py pins the two key maps equal,
+    so a change to one recipe that is not made to the other fails there."""
     fit = StreamingFit(store, device, tol)
     if not 1 <= k <= fit.n:
         raise CompressionError(f"num_tokens={k} must be within 1..{fit.n} (the video's tokens)")
     streams = VideoStreams(1, device, seed, None if video_id is None else [video_id])
     k0 = min(oversample * k, fit.n)
-    noise, m = draw_seed_noise(fit.n, k0, streams, seed_sample, None, device)
+    noise, m = draw_seed_noise(fit.n, k0, streams, seed_sample, OVERSEED_TRIALS if k0 > k else None, device)
     k0 = max(min(k0, m), k)
     if k0 == k:
         centroids = fit.lloyd(fit.seeds(k, noise, m), iters)
