@@ -13,6 +13,8 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +66,15 @@ def patch_training() -> None:
     import llava.train.llava_trainer as lt
     import llava.train.train as tr
 
+    _add_arguments(tr)
+    _patch_trainer(lt.LLaVATrainer)
+    _patch_final_save(tr)
+    _PATCHED = True
+
+
+def _add_arguments(tr) -> None:
+    """``--video_compressor`` on LLaVA-NeXT's ModelArguments, ``--video_compressor_lr`` on its TrainingArguments."""
+
     @dataclass
     class VQModelArguments(tr.ModelArguments):
         video_compressor: str | None = field(
@@ -80,16 +91,37 @@ def patch_training() -> None:
     tr.ModelArguments = VQModelArguments
     tr.TrainingArguments = VQTrainingArguments
 
-    trainer_cls = lt.LLaVATrainer
+
+def _compressor_trainable(model, args) -> bool:
+    """Whether the compressor trains: ``video_compressor`` in ``--mm_tunable_parts`` when that is given
+    (mm_language_model would otherwise sweep the compressor in), else unless only the projector is tuned
+    without a compressor learning rate."""
+    parts = getattr(args, "mm_tunable_parts", None)
+    if parts is not None:
+        return "video_compressor" in parts.split(",")
+    return not getattr(model.config, "tune_mm_mlp_adapter", False) or args.video_compressor_lr is not None
+
+
+def _move_to_compressor_group(opt, params: set[int], lr: float) -> None:
+    """Take the compressor's parameters (``params``: their ids) out of ``opt``'s groups into a group of their own."""
+    inner = getattr(opt, "optimizer", opt)
+    moved = []
+    for g in inner.param_groups:
+        keep = [p for p in g["params"] if id(p) not in params]
+        moved += [p for p in g["params"] if id(p) in params]
+        g["params"] = keep
+    inner.param_groups = [g for g in inner.param_groups if g["params"]]
+    inner.add_param_group({"params": moved, "lr": lr, "weight_decay": 0.0, "name": "video_compressor"})
+
+
+def _patch_trainer(trainer_cls) -> None:
+    """LLaVATrainer: the compressor's parameters trainable or frozen as asked, its own optimizer group
+    (``--video_compressor_lr``), and the rank check at the end of training."""
     orig_init, orig_opt = trainer_cls.__init__, trainer_cls.create_optimizer
 
     def __init__(self, model=None, args=None, *a, **kw):
-        parts = getattr(args, "mm_tunable_parts", None)
         params = compressor_parameters(model) if model is not None else []
-        if parts is not None:  # mm_language_model would otherwise sweep the compressor in; be explicit
-            trainable = "video_compressor" in parts.split(",")
-        else:
-            trainable = not getattr(model.config, "tune_mm_mlp_adapter", False) or args.video_compressor_lr is not None
+        trainable = _compressor_trainable(model, args)
         for p in params:
             p.requires_grad_(trainable)
         orig_init(self, model, args, *a, **kw)
@@ -101,37 +133,42 @@ def patch_training() -> None:
         mine = {id(p) for p in compressor_parameters(self.model) if p.requires_grad}
         if lr is None or not mine or getattr(self, "_vq_group_added", False):
             return opt
-        inner = getattr(opt, "optimizer", opt)
-        moved = []
-        for g in inner.param_groups:
-            keep = [p for p in g["params"] if id(p) not in mine]
-            moved += [p for p in g["params"] if id(p) in mine]
-            g["params"] = keep
-        inner.param_groups = [g for g in inner.param_groups if g["params"]]
-        inner.add_param_group({"params": moved, "lr": lr, "weight_decay": 0.0, "name": "video_compressor"})
+        _move_to_compressor_group(opt, mine, lr)
         self._vq_group_added = True
         return opt
 
     trainer_cls.__init__ = __init__
     trainer_cls.create_optimizer = create_optimizer
 
+
+@contextmanager
+def cuda_sync_skipped() -> Iterator[None]:
+    """``torch.cuda.synchronize`` does nothing inside the block (it raises on a machine without CUDA);
+    the real one is back on exit, also when the block raises. Without CUDA there is nothing to wait for."""
+    import torch
+
+    sync = torch.cuda.synchronize
+    torch.cuda.synchronize = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        torch.cuda.synchronize = sync
+
+
+def _patch_final_save(tr) -> None:
+    """LLaVA-NeXT's final save calls torch.cuda.synchronize(), which fails on CPU-only runs: skip it there,
+    for the save only."""
     orig_save = tr.safe_save_model_for_hf_trainer
 
     def safe_save_model_for_hf_trainer(trainer, output_dir):
-        """LLaVA-NeXT's final save calls torch.cuda.synchronize(), which fails on CPU-only runs."""
         import torch
 
         if torch.cuda.is_available():
             return orig_save(trainer=trainer, output_dir=output_dir)
-        sync = torch.cuda.synchronize
-        torch.cuda.synchronize = lambda *a, **k: None
-        try:
+        with cuda_sync_skipped():
             return orig_save(trainer=trainer, output_dir=output_dir)
-        finally:
-            torch.cuda.synchronize = sync
 
     tr.safe_save_model_for_hf_trainer = safe_save_model_for_hf_trainer
-    _PATCHED = True
 
 
 def check_video_reader(data_path: str) -> None:
