@@ -264,7 +264,8 @@ def install() -> None:
 
 def pool_video(model, image_feature: torch.Tensor) -> torch.Tensor:
     """``get_2dPool`` for one video's features [T, H*W, D] -> [1, M, D]: its tokens from the batch's one
-    compressor call in training, else a call of its own."""
+    compressor call in training, else a call of its own (then ``last_video_tokens`` is ``[M]``: a list
+    of tokens per video, as on the transformers host, LLaVA-NeXT's newline not counted)."""
     step = getattr(model, "_vq_step", None)
     if step is not None and step["done"]:
         return step["done"].pop(0)
@@ -272,7 +273,7 @@ def pool_video(model, image_feature: torch.Tensor) -> torch.Tensor:
     t, n, d = image_feature.shape
     side = model.get_vision_tower().num_patches_per_side
     video = comp(image_feature.reshape(1, t, side, side, d))[0]
-    model.get_model().last_video_tokens = video.num_tokens
+    model.get_model().last_video_tokens = [video.num_tokens]
     return video.tokens.unsqueeze(0)  # one pseudo-frame: LLaVA-NeXT's newline code adds image_newline
 
 
@@ -328,7 +329,7 @@ def _compress_batch(model, feats: torch.Tensor, step: dict) -> None:
                       "each; under ZeRO-3 use a fixed frame count (--frames_upbound with --force_sample True)",
                       stacklevel=2)  # shown once per call site by Python's default warning filter
         out = [comp(v.reshape(1, v.shape[0], side, side, d))[0] for v in videos]
-    model.get_model().last_video_tokens = out[-1].num_tokens
+    model.get_model().last_video_tokens = [v.num_tokens for v in out]
     step["done"] = [v.tokens.unsqueeze(0) for v in out]
 
 

@@ -138,7 +138,8 @@ class VQTokenLlavaNext(VideoLmms):
                 if stop:
                     text = text.split(stop)[0]
             out.append(text)
-            tokens = int(self.model.get_model().last_video_tokens) + 1  # + image_newline (one_token mode)
+            (compressed,) = self.model.get_model().last_video_tokens  # one video per call
+            tokens = compressed + 1  # + image_newline (one_token mode)
             self.log_stats(task, doc_id, tokens, time.perf_counter() - t0, self.frames, self.spec,
                            input_tokens=pixels.shape[0] * self._grid_tokens())
         return out
