@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from llava_vqtoken.config import COMPRESSORS as CONFIG_NAMES
 from llava_vqtoken.config import CompressorConfig
 from llava_vqtoken.core.compressor import (
@@ -76,3 +78,20 @@ def test_a_new_top_level_module_must_be_placed_on_a_floor(tmp_path):
     (tree / "llava_vqtoken" / "extra.py").write_text("from . import config\n")
     out = lint(tree)
     assert out.returncode == 1 and "llava_vqtoken.extra" in out.stdout + out.stderr
+
+
+def test_one_table_of_model_shapes_feeds_flops_tiny_models_and_benchmarks():
+    from llava_vqtoken.benchmarks import bench
+    from llava_vqtoken.core.metrics import LLM_SHAPES
+    from llava_vqtoken.hosts.hf.tiny import PRESETS
+    from llava_vqtoken.shapes import QWEN2, SIGLIP
+
+    assert bench.QWEN is QWEN2 and bench.SIGLIP is SIGLIP
+    assert LLM_SHAPES["qwen2-7b"] == (3584, 28, 18_944, 28, 4, 152_064)
+    assert PRESETS["0.5b"] == {
+        "vision": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16),
+        "text": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                     num_key_value_heads=2),
+    }
+    with pytest.raises(TypeError):
+        QWEN2["0.5b"]["hidden_size"] = 1  # read-only: nobody edits the shared table

@@ -26,6 +26,8 @@ from ..core import build_compressor, cosine_kmeans
 from ..core.adaptive import adaptive_kmeans
 from ..core.baselines import pool_tokens
 from ..core.graphs import CodeCache
+from ..shapes import QWEN2 as QWEN  # LLM and vision-tower shapes by name: the one table
+from ..shapes import SIGLIP
 from .reference import reference_adaptive, reference_kmeans
 
 
@@ -145,22 +147,6 @@ def bench_compressor(
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-
-QWEN = {
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151_936),
-    "7b": dict(hidden_size=3584, intermediate_size=18_944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152_064),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512),
-}
-SIGLIP = {
-    "so400m": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,
-                   image_size=384, patch_size=14),
-    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                 image_size=384, patch_size=14),
-}
-
 
 def build_random_model(llm: str, vision: str, device: torch.device, dtype: torch.dtype, attn: str):
     from transformers import (

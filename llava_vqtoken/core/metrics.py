@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..shapes import QWEN2
+
 #: 32 frames x 27 x 27 SigLIP-384/14 tokens: the paper's 100%
 REFERENCE_TOKENS = 23_328
 
@@ -44,8 +46,9 @@ def prefill_flops(
     return float(layers * (proj + mlp + attn) + 2 * n * hidden * vocab)
 
 
-#: (hidden, layers, intermediate, heads, kv_heads, vocab) of the LLMs LLaVA-OneVision ships
+#: (hidden, layers, intermediate, heads, kv_heads, vocab) of the LLMs LLaVA-OneVision ships (from shapes.QWEN2)
 LLM_SHAPES = {
-    "qwen2-0.5b": (896, 24, 4864, 14, 2, 151_936),
-    "qwen2-7b": (3584, 28, 18_944, 28, 4, 152_064),
+    f"qwen2-{name}": (s["hidden_size"], s["num_hidden_layers"], s["intermediate_size"], s["num_attention_heads"],
+                      s["num_key_value_heads"], s["vocab_size"])
+    for name, s in QWEN2.items() if name != "tiny"
 }

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ...shapes import QWEN2, SIGLIP, without
+
 RANDOM_MARKER = "RANDOM_WEIGHTS"
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -55,13 +57,10 @@ def build_tokenizer():
 
 
 #: vision / text shapes: "tiny" for CPUs; "0.5b" = SigLIP-so400m/14@384 + Qwen2-0.5B widths and depths
+#: (from the one table, llava_vqtoken/shapes.py; the grid and the vocabulary are set by the builder)
 PRESETS = {
-    "tiny": dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
-                 text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2)),
-    "0.5b": dict(vision=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16),
-                 text=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                           num_key_value_heads=2)),
+    preset: dict(vision=without(SIGLIP[vision], "image_size", "patch_size"), text=without(QWEN2[text], "vocab_size"))
+    for preset, vision, text in (("tiny", "tiny", "tiny"), ("0.5b", "so400m", "0.5b"))
 }
 
 

@@ -10,7 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ...shapes import QWEN2, SIGLIP, without
+
 SIGLIP_ID = "tiny-org/tiny-siglip-patch14-384"
+#: the width LLaVA-NeXT's SigLIP wrapper assumes (so400m's), kept by the tiny tower too
+SIGLIP_WIDTH = SIGLIP["so400m"]["hidden_size"]
+#: the tiny tower: so400m's width, 2 thin layers (its own shape: LLaVA-NeXT needs the real width)
+TINY_TOWER = dict(num_hidden_layers=2, intermediate_size=64, num_attention_heads=4)
 RANDOM_MARKER = "RANDOM_WEIGHTS"
 
 
@@ -30,8 +36,8 @@ def _write_siglip(home: Path, layers: int = 2, intermediate: int = 64, heads: in
     if (snap / "config.json").exists():
         return
     torch.manual_seed(0)
-    # hidden 1152, 384 px, patch 14: the sizes LLaVA-NeXT's SigLIP wrapper assumes; only 2 thin layers
-    cfg = SigLipVisionConfig(hidden_size=1152, intermediate_size=intermediate, num_hidden_layers=layers,
+    # hidden 1152, 384 px, patch 14: the sizes LLaVA-NeXT's SigLIP wrapper assumes
+    cfg = SigLipVisionConfig(hidden_size=SIGLIP_WIDTH, intermediate_size=intermediate, num_hidden_layers=layers,
                              num_attention_heads=heads)
     SigLipVisionModel(cfg).save_pretrained(snap)
     refs = snap.parent.parent / "refs"
@@ -77,16 +83,14 @@ def build_tiny_llava_qwen(
     out = Path(out_dir)
     home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
     big = preset == "0.5b"
-    layers = 26 if big else 2
-    _write_siglip(home, layers=layers, intermediate=4304 if big else 64, heads=16 if big else 4)
+    tower = SIGLIP["so400m"] if big else TINY_TOWER
+    layers = tower["num_hidden_layers"]
+    _write_siglip(home, layers=layers, intermediate=tower["intermediate_size"], heads=tower["num_attention_heads"])
     tok = _tokenizer()
-    text = (dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2) if big else
-            dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2))
+    text = without(QWEN2["0.5b" if big else "tiny"], "vocab_size")  # the vocabulary is the tokenizer's
     cfg = LlavaQwenConfig(vocab_size=len(tok), max_position_embeddings=8192, tie_word_embeddings=False, **text)
     cfg.update(dict(
-        mm_vision_tower=_siglip_id(layers), mm_hidden_size=1152, mm_projector_type="mlp2x_gelu",
+        mm_vision_tower=_siglip_id(layers), mm_hidden_size=SIGLIP_WIDTH, mm_projector_type="mlp2x_gelu",
         mm_vision_select_layer=-2,
         mm_vision_select_feature="patch", mm_patch_merge_type="spatial_unpad", mm_newline_position="one_token",
         mm_spatial_pool_mode="bilinear", image_aspect_ratio="anyres_max_9",
