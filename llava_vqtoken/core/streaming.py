@@ -62,17 +62,25 @@ NO_TOKEN = -1.0
 
 class FeatureStore:
     """One video's post-projector features [T, H, W, D], appended in any chunks, kept in blocks of
-    ``chunk_frames`` frames on ``device`` (the CPU by default) in the dtype of the first chunk."""
+    ``chunk_frames`` frames on ``device`` (the CPU by default) in the dtype of the first chunk. Features
+    that come from a GPU land in pinned blocks, so each pass reads them back asynchronously."""
 
     def __init__(self, chunk_frames: int, device: torch.device | str = "cpu") -> None:
         if chunk_frames < 1:
             raise CompressionError(f"chunk_frames must be >= 1 to stream, got {chunk_frames}")
         self.chunk_frames = chunk_frames
         self.device = torch.device(device)
-        self.blocks: list[torch.Tensor] = []  # [f, H*W, D], all full but the last
+        self._raw: list[torch.Tensor] = []  # [chunk_frames, H*W, D] each; the last filled up to self._fill
+        self._fill = 0
+        self._pin = False
         self.grid: tuple[int, int] | None = None
         self.dim: int | None = None
         self.frames = 0
+
+    @property
+    def blocks(self) -> list[torch.Tensor]:
+        """The stored frames [f, H*W, D] block by block, all of ``chunk_frames`` frames but the last."""
+        return [*self._raw[:-1], self._raw[-1][: self._fill]] if self._raw else []
 
     def append(self, feats: torch.Tensor) -> None:
         """Add frames [t, H, W, D] (after the ones already stored)."""
@@ -81,20 +89,20 @@ class FeatureStore:
         t, h, w, d = feats.shape
         if self.grid is None:
             self.grid, self.dim = (h, w), d
+            self._pin = feats.is_cuda and self.device.type == "cpu"
         elif (h, w, d) != (*self.grid, self.dim):
             was = f"{self.grid[0]}x{self.grid[1]}x{self.dim}"
             raise CompressionError(f"a chunk of grid {h}x{w}x{d} after chunks of {was}")
-        x = feats.detach().reshape(t, h * w, d).to(self.device)
-        dtype = self.blocks[0].dtype if self.blocks else x.dtype
-        x = x.to(dtype)
+        x = feats.detach().reshape(t, h * w, d)
+        dtype = self._raw[0].dtype if self._raw else x.dtype
         while x.shape[0]:
-            last = self.blocks[-1] if self.blocks else None
-            if last is not None and last.shape[0] < self.chunk_frames:
-                take = self.chunk_frames - last.shape[0]
-                self.blocks[-1] = torch.cat([last, x[:take]])
-            else:
-                take = self.chunk_frames
-                self.blocks.append(x[:take].clone())
+            if not self._raw or self._fill == self.chunk_frames:
+                self._raw.append(torch.empty(self.chunk_frames, h * w, d, dtype=dtype, device=self.device,
+                                             pin_memory=self._pin))
+                self._fill = 0
+            take = min(self.chunk_frames - self._fill, x.shape[0])
+            self._raw[-1][self._fill : self._fill + take].copy_(x[:take])
+            self._fill += take
             x = x[take:]
         self.frames += t
 
