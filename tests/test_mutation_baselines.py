@@ -283,3 +283,28 @@ def test_temporal_merge_schedule_matches_the_loop_reference(t, h, w, budget):
     assert out.shape == (budget, 3)
     want = ref_temporal([v[i].reshape(h * w, 3).tolist() for i in range(t)], budget)
     torch.testing.assert_close(out, torch.tensor(want))
+
+
+def test_pool_with_a_budget_keeps_channels_apart():
+    v = ramp(2, 4, 4, 3)
+    out = pool_tokens(v, 8)
+    assert out.shape == (8, 3)
+    base = torch.tensor([5.5, 7.5, 25.5, 27.5, 105.5, 107.5, 125.5, 127.5])
+    torch.testing.assert_close(out, torch.stack([base, base + 1000, base + 2000], dim=1))
+
+
+def test_bipartite_merge_without_merges_returns_the_inputs_exactly():
+    # r = 0: no round trip through fp32 (1/3 in fp64 is not an fp32 number)
+    a = torch.full((1, 2, 2), 1 / 3, dtype=torch.float64)
+    b = torch.full((1, 1, 2), 2 / 3, dtype=torch.float64)
+    sa, sb = torch.full((1, 2), 3.0, dtype=torch.float64), torch.full((1, 1), 7.0, dtype=torch.float64)
+    tokens, sizes = bipartite_merge(a, b, sa, sb, 0)
+    assert torch.equal(tokens, torch.cat([a, b], 1)) and torch.equal(sizes, torch.cat([sa, sb], 1))
+
+
+def test_bipartite_merge_of_half_tokens_stays_half():
+    a = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float16)
+    b = torch.tensor([[[1.0, 0.5]]], dtype=torch.float16)
+    tokens, sizes = bipartite_merge(a, b, torch.ones(1, 2), torch.ones(1, 1), 1)
+    assert tokens.dtype == torch.float16 and tokens.tolist() == [[[0.0, 1.0], [1.0, 0.25]]]
+    assert sizes.tolist() == [[1.0, 2.0]]
