@@ -218,3 +218,18 @@ def test_cli_streams_long_clips_and_matches_in_memory(capsys, tiny_model, video_
     code = main(["compress", "--video", str(video_file), "--compressor", "pool", "--chunk-frames", "4"])
     err = capsys.readouterr()[1]
     assert code == 2 and "chunk_frames" in err
+
+
+def test_long_video_benchmark_runs_on_the_cpu(tmp_path):
+    """benchmarks/streaming.py (the GPU run of docs/BENCHMARKS.md section 6) at tiny widths."""
+    import json
+
+    from llava_vqtoken.benchmarks.streaming import main
+
+    out = tmp_path / "stream.json"
+    assert main(["--device", "cpu", "--preset", "tiny", "--frames", "2", "--chunk", "1", "--warmup-frames", "1",
+                 "--in-memory-up-to", "2", "--num-tokens", "16", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["frames"], row["num_codes"], row["key_map_frames"], row["stock_tokens"]) == (2, 16, 2, 2 * 196 + 1)
+    assert row["stock_ttft_s"] > 0 and row["stream_peak_gib"] == 0.0  # no GPU: no GPU memory to report
+    assert row["inertia_per_token"] == pytest.approx(row["in_memory_inertia_per_token"], rel=INERTIA_REL)
