@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,7 +210,8 @@ def compress_in_memory(a: argparse.Namespace, loaded, video: str, plan) -> Compr
 
 def compress_streaming(a: argparse.Namespace, loaded, video: str, plan, chunk: int) -> Compressed:
     """Decode, encode and project ``chunk`` frames at a time into the streaming fit (the hf host's
-    ``compress_video_stream``); the timing covers all of it. Keeps only the frames --heatmap shows."""
+    ``compress_video_stream``), the features spilled to a temporary folder; the timing covers all of
+    it. Keeps only the frames --heatmap shows."""
     from .hosts.hf.features import preprocess_frames
     from .video import iter_frames
     from .viz import heatmap_frames
@@ -225,7 +227,10 @@ def compress_streaming(a: argparse.Namespace, loaded, video: str, plan, chunk: i
             yield preprocess_frames(loaded.processor, frames)
 
     model = loaded.model.model
-    out, ms = _timed(lambda: model.compress_video_stream(pixel_chunks(), chunk_frames=chunk), a.device)
+    with tempfile.TemporaryDirectory(prefix="llava-vqtoken-features-") as spill:  # memory: one chunk, not the clip
+        out, ms = _timed(
+            lambda: model.compress_video_stream(pixel_chunks(), chunk_frames=chunk, spill_dir=spill), a.device
+        )
     return Compressed(video, plan, out, ms, chunk, shown)
 
 

@@ -23,8 +23,8 @@ def features(seed: int = 1, clusters: int = 10) -> torch.Tensor:
     return structured_features(1, T, H, W, D, clusters, torch.device("cpu"), torch.float32, seed=seed)[0]
 
 
-def stream(comp, feats: torch.Tensor, chunk_frames: int, feed: int):
-    store = FeatureStore(chunk_frames)
+def stream(comp, feats: torch.Tensor, chunk_frames: int, feed: int, spill_dir=None):
+    store = FeatureStore(chunk_frames, spill_dir=spill_dir)
     for s in range(0, feats.shape[0], feed):
         store.append(feats[s : s + feed])
     return compress_streamed(comp, store, "cpu")
@@ -92,22 +92,26 @@ def test_streaming_close_on_unstructured_features():
     assert torch.equal(ref.key_map, got.key_map)
 
 
-def test_result_does_not_depend_on_how_frames_are_fed():
-    """The store re-blocks its input: feeding 1, 5 or all 12 frames at a time is bit-identical."""
+def test_result_does_not_depend_on_how_frames_are_fed(tmp_path):
+    """The store re-blocks its input: feeding 1, 5 or all 12 frames at a time, or spilling the blocks
+    to disk, is bit-identical."""
     x = features(seed=2)
     comp = build_compressor(CompressorConfig(num_tokens=12, footprint="motion"), D).eval()
-    outs = [stream(comp, x, chunk_frames=4, feed=f) for f in (1, 5, T)]
+    outs = [stream(comp, x, chunk_frames=4, feed=f) for f in (1, 5, T)] + [stream(comp, x, 4, 5, tmp_path)]
     for o in outs[1:]:
         assert torch.equal(o.key_map, outs[0].key_map)
         assert torch.equal(o.tokens, outs[0].tokens)
 
 
-def test_store_blocks_and_gather():
-    x = torch.arange(7 * 2 * 1 * 3, dtype=torch.float32).reshape(7, 2, 1, 3)
-    store = FeatureStore(3)
+@pytest.mark.parametrize("spill", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_store_blocks_and_gather(tmp_path, spill, dtype):
+    x = torch.arange(7 * 2 * 1 * 3, dtype=dtype).reshape(7, 2, 1, 3)
+    store = FeatureStore(3, spill_dir=tmp_path if spill else None)
     store.append(x[:2])
     store.append(x[2:])
-    assert [b.shape[0] for b in store.blocks] == [3, 3, 1]
+    assert [store.block(i).shape[0] for i in range(store.num_blocks)] == [3, 3, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["block0000000.bin", "block0000001.bin"] if spill else [])
     assert (store.frames, store.tokens, store.grid, store.dim) == (7, 14, (2, 1), 3)
     flat = x.reshape(14, 3)
     idx = torch.tensor([13, 0, 6, 5])

@@ -28,8 +28,10 @@ agree on >= 95% of tokens). A different ``chunk_frames`` likewise changes only t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,27 +62,48 @@ RESEED_EVERY = 3
 NO_TOKEN = -1.0
 
 
+#: how a block is written to and read from a spill file: its dtype viewed as an integer type of the same width
+_SPILL_VIEW = {torch.float32: (torch.int32, np.int32), torch.bfloat16: (torch.int16, np.int16),
+               torch.float16: (torch.int16, np.int16)}
+
+
 class FeatureStore:
     """One video's post-projector features [T, H, W, D], appended in any chunks, kept in blocks of
     ``chunk_frames`` frames on ``device`` (the CPU by default) in the dtype of the first chunk. Features
-    that come from a GPU land in pinned blocks, so each pass reads them back asynchronously."""
+    that come from a GPU land in pinned blocks, so each pass reads them back asynchronously. With
+    ``spill_dir`` every full block is written to a file there and read back per pass, so the process
+    holds one block at a time (the files are the caller's to delete, e.g. a temporary directory)."""
 
-    def __init__(self, chunk_frames: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, chunk_frames: int, device: torch.device | str = "cpu", spill_dir: str | os.PathLike[str] | None = None
+    ) -> None:
         if chunk_frames < 1:
             raise CompressionError(f"chunk_frames must be >= 1 to stream, got {chunk_frames}")
         self.chunk_frames = chunk_frames
         self.device = torch.device(device)
-        self._raw: list[torch.Tensor] = []  # [chunk_frames, H*W, D] each; the last filled up to self._fill
+        self.spill_dir = None if spill_dir is None else Path(spill_dir)
+        if self.spill_dir is not None and (self.device.type != "cpu" or not self.spill_dir.is_dir()):
+            raise CompressionError(f"spill_dir {spill_dir} must be an existing folder, with the store on the CPU")
+        self._raw: list[torch.Tensor | Path] = []  # [chunk_frames, H*W, D] or its file; the last filled to _fill
         self._fill = 0
         self._pin = False
+        self.dtype: torch.dtype | None = None
         self.grid: tuple[int, int] | None = None
         self.dim: int | None = None
         self.frames = 0
 
     @property
-    def blocks(self) -> list[torch.Tensor]:
-        """The stored frames [f, H*W, D] block by block, all of ``chunk_frames`` frames but the last."""
-        return [*self._raw[:-1], self._raw[-1][: self._fill]] if self._raw else []
+    def num_blocks(self) -> int:
+        return len(self._raw)
+
+    def block(self, i: int) -> torch.Tensor:
+        """Block ``i``'s frames [f, H*W, D] (``chunk_frames`` frames, fewer in the last)."""
+        raw = self._raw[i]
+        if isinstance(raw, Path):
+            as_int, np_int = _SPILL_VIEW[self.dtype]
+            raw = torch.from_numpy(np.fromfile(raw, dtype=np_int)).view(self.dtype)
+            raw = raw.reshape(self.chunk_frames, self.cells, self.dim or 0)
+        return raw if i < len(self._raw) - 1 else raw[: self._fill]
 
     def append(self, feats: torch.Tensor) -> None:
         """Add frames [t, H, W, D] (after the ones already stored)."""
@@ -88,22 +111,29 @@ class FeatureStore:
             raise CompressionError(f"a chunk of video features must be [frames, H, W, D], got {tuple(feats.shape)}")
         t, h, w, d = feats.shape
         if self.grid is None:
-            self.grid, self.dim = (h, w), d
-            self._pin = feats.is_cuda and self.device.type == "cpu"
+            self.grid, self.dim, self.dtype = (h, w), d, feats.dtype
+            self._pin = feats.is_cuda and self.device.type == "cpu" and self.spill_dir is None
+            if self.spill_dir is not None and self.dtype not in _SPILL_VIEW:
+                raise CompressionError(f"features of dtype {self.dtype} cannot be spilled to disk")
         elif (h, w, d) != (*self.grid, self.dim):
             was = f"{self.grid[0]}x{self.grid[1]}x{self.dim}"
             raise CompressionError(f"a chunk of grid {h}x{w}x{d} after chunks of {was}")
         x = feats.detach().reshape(t, h * w, d)
-        dtype = self._raw[0].dtype if self._raw else x.dtype
         while x.shape[0]:
             if not self._raw or self._fill == self.chunk_frames:
-                self._raw.append(torch.empty(self.chunk_frames, h * w, d, dtype=dtype, device=self.device,
+                self._raw.append(torch.empty(self.chunk_frames, h * w, d, dtype=self.dtype, device=self.device,
                                              pin_memory=self._pin))
                 self._fill = 0
             take = min(self.chunk_frames - self._fill, x.shape[0])
-            self._raw[-1][self._fill : self._fill + take].copy_(x[:take])
+            last = self._raw[-1]
+            assert isinstance(last, torch.Tensor)
+            last[self._fill : self._fill + take].copy_(x[:take])
             self._fill += take
             x = x[take:]
+            if self._fill == self.chunk_frames and self.spill_dir is not None:
+                path = self.spill_dir / f"block{len(self._raw) - 1:07d}.bin"
+                last.view(_SPILL_VIEW[self.dtype][0]).numpy().tofile(path)
+                self._raw[-1] = path
         self.frames += t
 
     @property
@@ -118,7 +148,8 @@ class FeatureStore:
     def chunks(self, device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
         """(first token index, tokens [f*H*W, D] on ``device``) per block, in order."""
         start = 0
-        for block in self.blocks:
+        for i in range(self.num_blocks):
+            block = self.block(i)
             x = block.to(device, non_blocking=True).reshape(-1, block.shape[-1])
             yield start, x
             start += x.shape[0]
@@ -127,12 +158,12 @@ class FeatureStore:
         """Tokens at global indices ``index`` [M] -> [M, D] on ``device`` (in the order given)."""
         index = index.to("cpu")
         per_block = self.chunk_frames * self.cells
-        out = torch.empty(index.shape[0], self.dim or 0, dtype=self.blocks[0].dtype)
+        out = torch.empty(index.shape[0], self.dim or 0, dtype=self.dtype)
         which = index // per_block
         for b in which.unique().tolist():
             sel = (which == b).nonzero().squeeze(1)
-            out[sel] = self.blocks[b].reshape(-1, self.dim).index_select(0, (index[sel] - b * per_block).to(
-                self.device)).to("cpu")
+            rows = self.block(b).reshape(-1, self.dim or 0)
+            out[sel] = rows.index_select(0, (index[sel] - b * per_block).to(rows.device)).to("cpu")
         return out.to(device)
 
 
@@ -180,7 +211,7 @@ class StreamingFit:
     """Cosine k-means over a :class:`FeatureStore`, one block on ``device`` at a time."""
 
     def __init__(self, store: FeatureStore, device: torch.device, tol: float) -> None:
-        if not store.blocks:
+        if not store.num_blocks:
             raise CompressionError("video features are empty: no frames were streamed")
         self.store, self.device, self.tol = store, device, tol
         self.n = store.tokens
@@ -439,7 +470,7 @@ def compress_streamed(
     counts = fin.counts
     means = sums / counts.clamp_min(1.0)[:, None]
     fallback = centroids.float() * (norms / n)
-    codebook = torch.where((counts == 0)[:, None], fallback, means)[perm[0]].to(store.blocks[0].dtype).to(device)
+    codebook = torch.where((counts == 0)[:, None], fallback, means)[perm[0]].to(store.dtype).to(device)
     key_map = key_map_grid(labels, t, h, w)[0]
     finite = torch.isfinite(codebook).all() & torch.isfinite(fin.inertia)
     tokens = _attend(compressor, codebook, key_map, active, ks, video_id, store.chunk_frames)

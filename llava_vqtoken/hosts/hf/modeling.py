@@ -160,15 +160,16 @@ class VQTokenLlavaOnevisionModel(LlavaOnevisionModel):
     @torch.no_grad()
     def compress_video_stream(
         self, pixel_chunks: Iterable[torch.Tensor], first_chunk: torch.Tensor | None = None,
-        video_id: int | None = None, chunk_frames: int | None = None, **kwargs: Any,
+        video_id: int | None = None, chunk_frames: int | None = None, spill_dir: str | None = None, **kwargs: Any,
     ) -> CompressedVideo:
         """One video, streamed (``chunk_frames`` > 0): each chunk of pixel values [1, t, 3, S, S] goes
         through the vision tower and the projector, its features into a CPU store; then the streaming
         fit (``core.streaming``). ``first_chunk``: features [t, H, W, D] already computed. The device
         holds one chunk at a time. ``chunk_frames``: the fit's blocks (default: the spec's, else
-        STREAM_CHUNK). The CLI's ``compress`` runs this too."""
+        STREAM_CHUNK); ``spill_dir``: keep the features in files there, not in memory (``FeatureStore``).
+        The CLI's ``compress`` runs this too."""
         comp = check_streamable(self.video_compressor)
-        store = FeatureStore(chunk_frames or comp.config.chunk_frames or STREAM_CHUNK)
+        store = FeatureStore(chunk_frames or comp.config.chunk_frames or STREAM_CHUNK, spill_dir=spill_dir)
         if first_chunk is not None:
             store.append(first_chunk)
         device = self.image_newline.device
