@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 COMPRESSORS = ("vqtoken", "pool", "uniform", "prune", "tome", "temporal_merge", "random", "none")
-ADAPTIVE = (None, "elbow", "silhouette", "elbow_released")
+ADAPTIVE = (None, "separation", "elbow", "silhouette", "elbow_released")
 ATTENTION = ("paper", "none", "random", "released")
 HASH = ("kmeans", "random")
 CODEBOOK = ("raw", "normalized")
@@ -51,7 +52,9 @@ class CompressorConfig:
         ``temporal_merge``, ``random``, ``none``).
     num_tokens: token budget for the whole video (K codes for fixed-length VQToken). ``None`` for
         ``pool`` means LLaVA-OneVision's stock 2x bilinear pooling; ignored by ``none``.
-    adaptive: ``None`` (fixed K), ``"elbow"`` or ``"silhouette"`` (K per video in [min_codes, max_codes]);
+    adaptive: ``None`` (fixed K), ``"separation"``, ``"elbow"`` or ``"silhouette"`` (K per video in
+        [min_codes, max_codes]); ``separation`` counts the groups that a gap separates (docs/CLUSTERING.md)
+        and is the one that follows the number of objects; ``elbow`` and ``silhouette`` as before;
         ``"elbow_released"`` is the authors' release's rule, K = max(j + 4, min_codes) with j the argmax
         of the second differences over min_codes..max_codes (off by two, K <= 22 over 12..32), which
         the released checkpoint was trained and evaluated with; ``released()`` uses it.
@@ -73,6 +76,8 @@ class CompressorConfig:
     iters / refine_iters / tol: Lloyd budget of a fit and of the adaptive refinement, and the
         centroid-shift tolerance after which a video stops moving. 10 steps from greedy k-means++
         seeds matched 20 steps on structured features (docs/BENCHMARKS.md).
+    oversample: a fit seeds ``oversample`` x K centres, fits them, merges them down to K by Ward's
+        criterion and refines (docs/CLUSTERING.md); 1 is plain k-means++ + Lloyd (the fit before 2026-12-03).
     compile: run each Lloyd step through ``torch.compile`` (faster on GPU after a one-off compile).
     newline: the host appends its learned newline token after the video tokens (LLaVA-OneVision does).
     chunk_frames: 0 compresses the whole video at once; N > 0 streams it (VQToken only, at inference):
@@ -88,6 +93,7 @@ class CompressorConfig:
     iters: int = 10
     refine_iters: int = 5
     tol: float = 1e-4
+    oversample: int = 2
     seed: int = 0
     seed_sample: int = 2048
     silhouette_sample: int = 2048
@@ -117,7 +123,7 @@ class CompressorConfig:
         if self.name not in COMPRESSORS:
             raise bad("name", f"is not one of {', '.join(COMPRESSORS)}")
         if self.adaptive not in ADAPTIVE:
-            raise bad("adaptive", "must be null, 'elbow', 'silhouette' or 'elbow_released'")
+            raise bad("adaptive", "must be null, 'separation', 'elbow', 'silhouette' or 'elbow_released'")
         if self.adaptive is not None and self.name != "vqtoken":
             raise bad("adaptive", f"is only supported by name='vqtoken', not {self.name!r}")
         if self.num_tokens is not None and (not isinstance(self.num_tokens, int) or self.num_tokens < 1):
@@ -131,6 +137,14 @@ class CompressorConfig:
             raise bad("max_codes", f"must be >= min_codes={self.min_codes}")
         if self.iters < 0 or self.refine_iters < 0:
             raise bad("iters", "and refine_iters must be >= 0")
+        if not (math.isfinite(self.tol) and self.tol >= 0):
+            raise bad("tol", "must be a finite number >= 0 (the centroid shift after which a video stops)")
+        if self.oversample < 1:
+            raise bad("oversample", "must be >= 1 (1: plain k-means++ + Lloyd)")
+        if self.seed_sample < 1:
+            raise bad("seed_sample", "must be >= 1 (tokens in the k-means++ seeding pool)")
+        if self.silhouette_sample < 1:
+            raise bad("silhouette_sample", "must be >= 1 (tokens scored by the silhouette)")
         if self.attention not in ATTENTION:
             raise bad("attention", f"is not one of {', '.join(ATTENTION)}")
         if self.hash not in HASH:

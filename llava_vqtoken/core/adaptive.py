@@ -22,9 +22,13 @@ import torch.nn.functional as F
 
 from .graphs import CodeCache, compile_scope, maybe_graphed
 from .kmeans import (
+    OVERSAMPLE,
+    OVERSEED_TRIALS,
     KMeansResult,
     SeedNoise,
     VideoStreams,
+    check_seed_sample,
+    cluster_sums,
     draw_seed_noise,
     lloyd,
     normalize_tokens,
@@ -33,7 +37,15 @@ from .kmeans import (
 )
 
 #: the selection rules of ``adaptive_kmeans`` (``elbow_released``: the authors' release, see ``released_elbow_k``)
-METHODS = ("elbow", "silhouette", "elbow_released")
+METHODS = ("separation", "elbow", "silhouette", "elbow_released")
+#: separation rule: two groups are distinct when fewer than this share of their tokens lies in the middle
+#: quarter between their means, along the line joining the means (a gap; a continuum or one blob cut in
+#: two puts 12-16% there, two blobs 4 standard deviations apart about 6%)
+GAP_SHARE = 0.03
+#: the middle band, in units of half the distance between the two means (|t| < GAP_BAND: the middle quarter)
+GAP_BAND = 0.25
+#: a side of a split needs at least N / (MIN_MASS_DIVISOR * K0) tokens to count as an object
+MIN_MASS_DIVISOR = 4
 #: the release returns the argmax of the second differences plus 2, then adds 2 more (its index is never
 #: mapped back to a K): K = max(argmax + RELEASED_ELBOW_OFFSET, k_min)
 RELEASED_ELBOW_OFFSET = 4
@@ -200,6 +212,65 @@ def silhouette_scores(
     return dict(zip(ks, sil.mean(dim=1).tolist()))
 
 
+def merge_sides(merges: list[tuple[int, int]], k0: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each merge (i joins j) of the tree, the original clusters on either side as 0/1 rows [M, K0]."""
+    members = {c: [c] for c in range(k0)}
+    side_i = np.zeros((len(merges), k0), dtype=np.float64)
+    side_j = np.zeros((len(merges), k0), dtype=np.float64)
+    for m, (i, j) in enumerate(merges):
+        side_i[m, members[i]] = 1.0
+        side_j[m, members[j]] = 1.0
+        members[i] = members[i] + members.pop(j)
+    return side_i, side_j
+
+
+def gap_shares(xn: torch.Tensor, labels: torch.Tensor, k0: int, side_i: np.ndarray, side_j: np.ndarray) -> torch.Tensor:
+    """For each merge, the share of the two sides' tokens that lie in the middle band between them.
+
+    Cross-fitted so that a group of noise cannot look separated from its own fit: the direction joining
+    the two sides' means comes from the even-indexed tokens, the projections (and the means along that
+    line) from the odd-indexed ones. Along the line, t = -1 and t = +1 are the two sides' means; the
+    share is that of the sides' (odd) tokens with |t| < GAP_BAND. ``xn`` [N, D] unit tokens, ``labels``
+    [N] their original clusters. Returns [M] (1.0 where the sides' means do not separate at all).
+    """
+    dev = xn.device
+    even = torch.arange(xn.shape[0], device=dev) % 2 == 0
+    oh = one_hot(labels[even], k0)  # [Ne, K0]
+    sums_e = oh.transpose(0, 1) @ xn[even].float()
+    counts_e = oh.sum(dim=0)
+    a = torch.as_tensor(np.ascontiguousarray(side_i), dtype=torch.float32, device=dev)
+    b = torch.as_tensor(np.ascontiguousarray(side_j), dtype=torch.float32, device=dev)
+    mean_a = (a @ sums_e) / (a @ counts_e).clamp_min(1.0).unsqueeze(-1)
+    mean_b = (b @ sums_e) / (b @ counts_e).clamp_min(1.0).unsqueeze(-1)
+    xo, lo = xn[~even].float(), labels[~even]
+    proj = xo @ (mean_a - mean_b).transpose(0, 1)  # [No, M]
+    in_a, in_b = a.transpose(0, 1)[lo], b.transpose(0, 1)[lo]  # [No, M] 0/1
+    ca, cb = in_a.sum(dim=0), in_b.sum(dim=0)
+    ma = (proj * in_a).sum(dim=0) / ca.clamp_min(1.0)
+    mb = (proj * in_b).sum(dim=0) / cb.clamp_min(1.0)
+    half = (ma - mb) / 2.0
+    t = (proj - (ma + mb) / 2.0) / half.clamp_min(1e-12)
+    mid = ((t.abs() < GAP_BAND).float() * (in_a + in_b)).sum(dim=0)
+    share = mid / (ca + cb).clamp_min(1.0)
+    return torch.where(half > 0, share, torch.ones_like(share))
+
+
+def separation_k(top_share: np.ndarray, mass_a: np.ndarray, mass_b: np.ndarray, min_mass: float) -> int:
+    """K by the separation rule, from the last merges of the tree, last first (``top_share[0]`` is the
+    merge into one group): walk down the tree while each merge joins two distinct groups (a gap: share
+    in the middle band below GAP_SHARE) and count them; stop at the first merge of one group's parts
+    (no gap). A merge with a side under ``min_mass`` tokens neither counts nor stops the walk (a few
+    outlier tokens are not an object). Returns 1 + the number of distinct-group merges."""
+    k = 1
+    for share, a, b in zip(top_share, mass_a, mass_b):
+        if min(a, b) < min_mass:
+            continue
+        if share >= GAP_SHARE:
+            break
+        k += 1
+    return k
+
+
 def adaptive_kmeans(
     x: torch.Tensor,
     k_min: int,
@@ -215,11 +286,14 @@ def adaptive_kmeans(
     compiled: bool = False,
     cache: CodeCache | None = None,
     video_ids: Sequence[int] | None = None,
+    oversample: int = OVERSAMPLE,
 ) -> tuple[KMeansResult, list[AdaptiveChoice]]:
     """Cosine k-means with K chosen per video in [k_min, k_max] (batched over B videos).
 
-    Returns a result padded to ``k_max`` codes (codes >= K_b of video b are inactive: zero count,
-    never assigned; the width does not depend on the batch mates' K) and the per-video choices.
+    One fit of K0 = min(oversample * (k_max + 2), N) clusters (over-seeded, as in ``cosine_kmeans``),
+    Ward's tree over them, the selection rule ``method`` on the tree, a refinement of the chosen
+    partition. Returns a result padded to ``k_max`` codes (codes >= K_b of video b are inactive: zero
+    count, never assigned; the width does not depend on the batch mates' K) and the per-video choices.
     ``cuda_graphs``, ``compiled``, ``cache`` and ``video_ids`` are as in ``cosine_kmeans``.
     """
     if method not in METHODS:
@@ -229,17 +303,24 @@ def adaptive_kmeans(
         raise ValueError(f"need 1 <= min_codes <= max_codes, got min_codes={k_min}, max_codes={k_max}")
     if k_max > n:
         raise ValueError(f"max_codes={k_max} exceeds the number of tokens N={n}")
+    if oversample < 1:
+        raise ValueError(f"oversample must be >= 1, got {oversample}")
+    if silhouette_sample < 1:
+        raise ValueError(f"silhouette_sample must be >= 1, got {silhouette_sample}")
+    check_seed_sample(seed_sample)
     cache = CodeCache() if cache is None else cache
     # two above the range: the second difference then exists at k_max + 1, so "more than k_max" is visible
     k_top = min(k_max + 2, n)
+    k0 = min(oversample * k_top, n)
     streams = VideoStreams(b, x.device, seed, video_ids)
-    noise, m = draw_seed_noise(n, k_top, streams, seed_sample, None, x.device)
+    noise, m = draw_seed_noise(n, k0, streams, seed_sample, OVERSEED_TRIALS if k0 > k_top else None, x.device)
+    k0 = max(min(k0, m), k_top)
     steps = cache if compiled else None
     with compile_scope(compiled):
         centroids, labels, _, counts, sums, gram, total_sq = maybe_graphed(
-            cache, ("adaptive-top", k_top, m, iters, tol, compiled), _fit_top,
+            cache, ("adaptive-top", k0, m, iters, tol, compiled), _fit_top,
             (x, noise.pool_keys, noise.first, noise.race),
-            dict(k=k_top, m=m, iters=iters, tol=tol, steps=steps), enabled=cuda_graphs,
+            dict(k=k0, m=m, iters=iters, tol=tol, steps=steps), enabled=cuda_graphs,
         )
     to_host = [gram, counts, total_sq]
     if method == "silhouette":
@@ -258,23 +339,30 @@ def adaptive_kmeans(
             # all tokens (nearly) identical: one code would do, so the range's lower end
             scores = {k: float(distortion[k]) for k in range(1, k_top + 1)}
             pick = 1
+        elif method == "separation":
+            top = merges[::-1][:k_top]  # the merges into 1, 2, ..., k_top groups
+            side_a, side_b = merge_sides(merges, k0)
+            side_a, side_b = side_a[::-1][: len(top)], side_b[::-1][: len(top)]
+            share = gap_shares(normalize_tokens(x[i]), labels[i], k0, side_a, side_b).cpu().numpy()
+            pick = separation_k(share, side_a @ host[1][i], side_b @ host[1][i], n / (MIN_MASS_DIVISOR * k0))
+            scores = {j + 2: float(v) for j, v in enumerate(share)}  # gap share of the merge from K to K-1
         elif method == "elbow":
             scores = {k: float(distortion[k]) for k in range(1, k_top + 1)}
             pick = elbow_k(scores)
             if pick is None:  # no elbow up to k_max + 1: the content wants more codes than the range
-                pick = k_max + 1
+                pick = min(k_max + 1, n)
         elif method == "elbow_released":
             scores = {k: float(distortion[k]) for k in range(k_min, k_max + 1)}
             pick = released_elbow_k(scores, k_min)
         else:
             ks = list(range(2, min(k_max + 1, k_top) + 1))
-            levels = partition_levels(merges, k_top, ks)
+            levels = partition_levels(merges, k0, ks)
             scores = silhouette_scores(sims_s[i], labels_s[i], counts[i], levels)
             pick = max(scores, key=lambda k: (scores[k], -k)) if scores else k_min
         k = min(max(pick, k_min), k_max)
         clamped = "low" if pick < k_min else ("high" if pick > k_max else None)
         choices.append(AdaptiveChoice(k=k, k_unclamped=pick, clamped=clamped, scores=scores))
-        merge_maps.append(partition_levels(merges, k_top, [k])[k])
+        merge_maps.append(partition_levels(merges, k0, [k])[k])
     # warm start from the merged centroids of each chosen partition, padded to k_max codes: a common width
     # that does not depend on the batch mates (the re-seeding of empty codes and every shape see k_max)
     width = k_max
@@ -282,7 +370,7 @@ def adaptive_kmeans(
     ks_t = torch.tensor([c.k for c in choices], device=x.device)
     with compile_scope(compiled):
         out = maybe_graphed(
-            cache, ("adaptive-refine", width, refine_iters, tol, compiled), _refine, (x, sums, maps, ks_t),
+            cache, ("adaptive-refine", width, k0, refine_iters, tol, compiled), _refine, (x, sums, maps, ks_t),
             dict(width=width, iters=refine_iters, tol=tol, steps=steps), enabled=cuda_graphs,
         )
     return KMeansResult(*out), choices
@@ -293,7 +381,7 @@ def _fit_top(x, keys, first, race, *, k: int, m: int, iters: int, tol: float, st
     xn = normalize_tokens(x)
     centres = seed_centres(xn, k, SeedNoise(keys, first, race), m, steps=steps)
     r = lloyd(xn, centres, iters=iters, tol=tol, steps=steps)
-    sums = torch.bmm(one_hot(r.labels, k, xn.dtype).transpose(1, 2), xn).float()  # [B, K0, D]
+    sums = cluster_sums(xn, r.labels, k)  # [B, K0, D]
     gram = torch.bmm(sums, sums.transpose(1, 2))
     total_sq = xn.float().square().sum(dim=(1, 2))
     return r.centroids, r.labels, r.inertia, r.counts, sums, gram, total_sq

@@ -253,7 +253,7 @@ class VQTokenCompressor(VideoCompressor):
                 raise CompressionError(f"num_tokens={cfg.num_tokens} exceeds the video's {n} tokens")
             res = cosine_kmeans(
                 x, cfg.num_tokens, cfg.iters, cfg.tol, cfg.seed, cfg.seed_sample, cuda_graphs=cfg.cuda_graphs,
-                compiled=cfg.compile, cache=self.code_cache, video_ids=video_ids,
+                compiled=cfg.compile, cache=self.code_cache, video_ids=video_ids, oversample=cfg.oversample,
             )
             active = torch.ones(b, cfg.num_tokens, dtype=torch.bool, device=x.device)
             return res, [cfg.num_tokens] * b, None, active
@@ -262,7 +262,7 @@ class VQTokenCompressor(VideoCompressor):
         res, choices = adaptive_kmeans(
             x, cfg.min_codes, cfg.max_codes, cfg.adaptive, cfg.iters, cfg.refine_iters, cfg.tol, cfg.seed,
             cfg.seed_sample, cfg.silhouette_sample, cfg.cuda_graphs, cfg.compile, cache=self.code_cache,
-            video_ids=video_ids,
+            video_ids=video_ids, oversample=cfg.oversample,
         )
         ks = [c.k for c in choices]
         width = res.centroids.shape[1]

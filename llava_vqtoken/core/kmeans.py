@@ -268,12 +268,84 @@ def lloyd(
     return KMeansResult(centroids=centroids, labels=labels, inertia=inertia, counts=counts)
 
 
-def _fit(x: torch.Tensor, keys, first, race, *, k: int, m: int, iters: int, tol: float, steps: CodeCache | None):
-    """Pure, sync-free fixed-K fit from pre-drawn noise (what gets captured as a CUDA graph)."""
+#: default over-seeding factor of a fixed-K fit: fit K0 = OVERSAMPLE * K clusters, merge down to K
+OVERSAMPLE = 2
+#: k-means++ candidates per seed when over-seeding (plain seeding: 2 + ln K): a small cluster holds
+#: ~1% of the seeding potential, so more candidates per step keep it from being missed
+OVERSEED_TRIALS = 16
+
+
+def ward_merge_down(sums: torch.Tensor, counts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ward agglomeration on the device, batched and free of host syncs: K0 clusters -> k groups.
+
+    ``sums`` [B, K0, D] per-cluster sums of the (unit) tokens, ``counts`` [B, K0]. Each of the K0 - k
+    steps merges, per video, the pair whose merge raises the summed squared distance to the group means
+    least, n_i n_j / (n_i + n_j) ||mu_i - mu_j||^2 (empty clusters first, at no cost). Returns
+    (``groups`` [B, K0]: each cluster's group in 0..k-1, numbered in the order of the clusters'
+    first members' indices; ``merged`` [B, k, D]: the groups' sums).
+    """
+    b, k0, d = sums.shape
+    s, n = sums.float().clone(), counts.float().clone()
+    alive = torch.ones(b, k0, dtype=torch.bool, device=sums.device)
+    group = torch.arange(k0, device=sums.device).expand(b, k0).clone()
+    eye = torch.eye(k0, dtype=torch.bool, device=sums.device)
+    rows = torch.arange(b, device=sums.device)
+    for _ in range(k0 - k):
+        mu = s / n.clamp_min(1.0).unsqueeze(-1)
+        sq = mu.square().sum(dim=-1)
+        d2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(mu, mu.transpose(1, 2))).clamp_min(0.0)
+        cost = n[:, :, None] * n[:, None, :] / (n[:, :, None] + n[:, None, :]).clamp_min(1.0) * d2
+        dead = ~(alive[:, :, None] & alive[:, None, :]) | eye
+        flat = cost.masked_fill(dead, float("inf")).flatten(1).argmin(dim=1)
+        i, j = flat // k0, flat % k0
+        s[rows, i] += s[rows, j]
+        n[rows, i] += n[rows, j]
+        s[rows, j] = 0.0
+        n[rows, j] = 0.0
+        alive[rows, j] = False
+        group = torch.where(group == j[:, None], i[:, None], group)
+    order = (~alive).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # the k live clusters, in index order
+    slot = torch.zeros(b, k0, dtype=torch.long, device=sums.device).scatter_(
+        1, order, torch.arange(k, device=sums.device).expand(b, k)
+    )
+    return slot.gather(1, group), s.gather(1, order.unsqueeze(-1).expand(-1, -1, d))
+
+
+def cluster_sums(xn: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-cluster sums [B, K, D] in fp32 of the unit tokens (one one-hot matmul)."""
+    return torch.bmm(one_hot(labels, k, xn.dtype).transpose(1, 2), xn).float()
+
+
+def oversampled_iters(iters: int) -> tuple[int, int]:
+    """Split a fit's Lloyd budget: (steps at K0 = oversample * K, steps at K after the merge)."""
+    first = max(1, (iters + 1) // 2)
+    return first, max(iters - first, 1)
+
+
+def _fit(
+    x: torch.Tensor, keys, first, race, *, k: int, k0: int, m: int, iters: int, tol: float, steps: CodeCache | None
+):
+    """Pure, sync-free fixed-K fit from pre-drawn noise (what gets captured as a CUDA graph).
+
+    With ``k0 > k`` (over-seeding): k-means++ seeds K0 centres, Lloyd fits them, Ward merges the K0
+    clusters down to K on the device, and Lloyd refines the K merged centroids. With ``k0 == k``: plain
+    k-means++ + Lloyd."""
     xn = normalize_tokens(x)
-    centres = seed_centres(xn, k, SeedNoise(keys, first, race), m, steps=steps)
-    r = lloyd(xn, centres, iters=iters, tol=tol, steps=steps)
+    centres = seed_centres(xn, k0, SeedNoise(keys, first, race), m, steps=steps)
+    if k0 == k:
+        r = lloyd(xn, centres, iters=iters, tol=tol, steps=steps)
+        return r.centroids, r.labels, r.inertia, r.counts
+    fit_iters, refine_iters = oversampled_iters(iters)
+    r = lloyd(xn, centres, iters=fit_iters, tol=tol, steps=steps)
+    _, merged = ward_merge_down(cluster_sums(xn, r.labels, k0), r.counts, k)
+    r = lloyd(xn, F.normalize(merged, dim=-1, eps=1e-12), iters=refine_iters, tol=tol, steps=steps)
     return r.centroids, r.labels, r.inertia, r.counts
+
+
+def check_seed_sample(seed_sample: int | None) -> None:
+    """A seeding pool needs at least one token (None: all tokens)."""
+    if seed_sample is not None and seed_sample < 1:
+        raise ValueError(f"seed_sample must be >= 1 (tokens in the k-means++ seeding pool), got {seed_sample}")
 
 
 def cosine_kmeans(
@@ -288,10 +360,15 @@ def cosine_kmeans(
     compiled: bool = False,
     cache: CodeCache | None = None,
     video_ids: Sequence[int] | None = None,
+    oversample: int = OVERSAMPLE,
 ) -> KMeansResult:
     """Cosine k-means on a batch of token sets ``x`` [B, N, D] (any float dtype; computed in fp32).
 
-    ``init`` [B, K, D] replaces k-means++ seeding (warm start). ``cuda_graphs`` replays a captured
+    ``oversample`` > 1 seeds min(oversample * K, N) centres, fits them (half of ``iters``), merges the
+    clusters down to K by Ward's criterion (:func:`ward_merge_down`) and refines (the other half):
+    single-start k-means++ misses small or nearby clusters that the over-seeded fit finds
+    (docs/CLUSTERING.md). ``oversample=1`` is plain greedy k-means++ + ``iters`` Lloyd steps.
+    ``init`` [B, K, D] replaces seeding (warm start: Lloyd only). ``cuda_graphs`` replays a captured
     graph on CUDA (same numbers, fewer launches); ``compiled`` runs the steps through ``torch.compile``.
     Both are kept in ``cache`` (its owner's; without one a throwaway cache serves this call only, so
     repeated calls should pass one). ``video_ids``: see :class:`VideoStreams`. Raises ValueError on bad K.
@@ -303,14 +380,20 @@ def cosine_kmeans(
         raise ValueError(f"number of codes must be >= 1, got K={k}")
     if k > n:
         raise ValueError(f"number of codes K={k} exceeds the number of tokens N={n}")
+    if oversample < 1:
+        raise ValueError(f"oversample must be >= 1, got {oversample}")
+    check_seed_sample(seed_sample)
     if init is not None:
         return lloyd(normalize_tokens(x), F.normalize(init.float(), dim=-1, eps=1e-12), iters=iters, tol=tol)
     cache = CodeCache() if cache is None else cache
+    k0 = min(oversample * k, n)
     streams = VideoStreams(b, x.device, seed, video_ids)
-    noise, m = draw_seed_noise(n, k, streams, seed_sample, None, x.device)
+    noise, m = draw_seed_noise(n, k0, streams, seed_sample, OVERSEED_TRIALS if k0 > k else None, x.device)
+    k0 = min(k0, m)  # never more seeds than the pool holds
     with compile_scope(compiled):
         out = maybe_graphed(
-            cache, ("fixed", k, m, iters, tol, compiled), _fit, (x, noise.pool_keys, noise.first, noise.race),
-            dict(k=k, m=m, iters=iters, tol=tol, steps=cache if compiled else None), enabled=cuda_graphs,
+            cache, ("fixed", k, k0, m, iters, tol, compiled), _fit, (x, noise.pool_keys, noise.first, noise.race),
+            dict(k=k, k0=max(k0, k), m=m, iters=iters, tol=tol, steps=cache if compiled else None),
+            enabled=cuda_graphs,
         )
     return KMeansResult(*out)
