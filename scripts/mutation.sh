@@ -4,6 +4,7 @@
 #   scripts/mutation.sh [FILES...]     default: llava_vqtoken/core/*.py llava_vqtoken/config.py
 #   scripts/mutation.sh --survivors FILES...   rerun only the last run's survivors (and "no tests") of FILES,
 #                                              after new tests; the other mutants keep their results
+#   MUTMUT_NAMES="PATTERN ..." scripts/mutation.sh FILES...   only the mutants whose names match (fnmatch)
 #
 # Installs the exact versions of locks/mutation.txt into .mutmut-lib/ (never into .venv), copies the
 # package, the tests and pyproject.toml into .mutmut-work/ with a [tool.mutmut] section whose
@@ -11,6 +12,8 @@
 # killed / (killed + survived) -- "no tests" counts as survived, timeouts are listed apart -- and the
 # survivors. The tree itself is never edited. Needs the project venv (.venv, scripts/bootstrap.sh).
 set -euo pipefail
+# (all in a function: bash reads a script as it runs, so an edit during a run would break it)
+main() {
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY="${MUTMUT_PYTHON:-$ROOT/.venv/bin/python}"  # another interpreter (a GPU machine without .venv)
@@ -33,6 +36,11 @@ focused_tests() {
     llava_vqtoken/core/keymap.py) echo tests/test_mutation_keymap.py;;
     llava_vqtoken/core/metrics.py) echo tests/test_metrics.py tests/test_mutation_metrics.py;;
     llava_vqtoken/config.py) echo tests/test_config_surface.py tests/test_mutation_config.py;;
+    llava_vqtoken/core/kmeans.py) echo tests/test_kmeans.py tests/test_known_answers.py tests/test_mutation_kmeans.py;;
+    llava_vqtoken/core/adaptive.py)
+      echo tests/test_adaptive.py tests/test_known_answers.py tests/test_mutation_adaptive.py;;
+    llava_vqtoken/core/compressor.py) echo tests/test_compressor.py tests/test_mutation_compressor.py;;
+    llava_vqtoken/core/streaming.py) echo tests/test_streaming.py tests/test_mutation_streaming.py;;
     *) return 1;;
   esac
 }
@@ -88,7 +96,7 @@ toml_list() { local out="" x; for x in "$@"; do out+="\"$x\", "; done; echo "[${
 cd "$WORK"
 echo "mutation.sh: mutating ${FILES[*]}"
 echo "mutation.sh: tests ${TESTS[*]}"
-NAMES=()
+read -r -a NAMES <<< "${MUTMUT_NAMES:-}"
 if [ "$SURVIVORS" = 1 ]; then
   [ -f mutmut-results.txt ] || die "no earlier run in .mutmut-work to take survivors from"
   mods=$(printf '%s\n' "${FILES[@]}" | sed 's/\.py$//; s#/#.#g' | paste -sd'|')
@@ -121,3 +129,5 @@ for status in ("survived", "no tests", "timeout", "suspicious"):
     for name in by.get(status, []):
         print(f"  {status}: {name}")
 PYEOF
+}
+main "$@"

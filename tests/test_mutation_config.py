@@ -28,7 +28,7 @@ P = "compressor config: "
     ("change", "message"),
     [
         (dict(name="x"), "name='x' is not one of vqtoken, pool, uniform, prune, tome, temporal_merge, random, none"),
-        (dict(adaptive="x"), "adaptive='x' must be null, 'elbow', 'silhouette' or 'elbow_released'"),
+        (dict(adaptive="x"), "adaptive='x' must be null, 'separation', 'elbow', 'silhouette' or 'elbow_released'"),
         (dict(name="pool", adaptive="elbow"), "adaptive='elbow' is only supported by name='vqtoken', not 'pool'"),
         (dict(num_tokens=0), "num_tokens=0 must be a positive integer (the video's token budget)"),
         (dict(num_tokens=-3), "num_tokens=-3 must be a positive integer (the video's token budget)"),
@@ -37,6 +37,12 @@ P = "compressor config: "
         (dict(max_codes=7), "max_codes=7 must be >= min_codes=8"),
         (dict(iters=-1), "iters=-1 and refine_iters must be >= 0"),
         (dict(refine_iters=-1), "iters=10 and refine_iters must be >= 0"),
+        (dict(tol=-1e-9), "tol=-1e-09 must be a finite number >= 0 (the centroid shift after which a video stops)"),
+        (dict(tol=float("inf")), "tol=inf must be a finite number >= 0 (the centroid shift after which a video stops)"),
+        (dict(tol=float("nan")), "tol=nan must be a finite number >= 0 (the centroid shift after which a video stops)"),
+        (dict(oversample=0), "oversample=0 must be >= 1 (1: plain k-means++ + Lloyd)"),
+        (dict(seed_sample=0), "seed_sample=0 must be >= 1 (tokens in the k-means++ seeding pool)"),
+        (dict(silhouette_sample=0), "silhouette_sample=0 must be >= 1 (tokens scored by the silhouette)"),
         (dict(attention="x"), "attention='x' is not one of paper, none, random, released"),
         (dict(hash="x"), "hash='x' is not one of kmeans, random"),
         (dict(codebook="x"), "codebook='x' is not one of raw, normalized"),
@@ -80,6 +86,8 @@ def test_a_budget_is_required_by_every_budgeted_method(name):
         dict(chunk_frames=0, name="pool"),
         dict(chunk_frames=4),
         dict(tol=0),  # an int is a float
+        dict(tol=0.0, oversample=1, seed_sample=1, silhouette_sample=1),
+        dict(adaptive="separation"),
         dict(adaptive="silhouette"),
         dict(adaptive="elbow_released"),
         dict(attention="released", hash="random", codebook="normalized", footprint="motion"),
@@ -174,6 +182,8 @@ def test_parse_setting():
     }
     assert CompressorConfig.parse_setting("pool") == {"name": "pool"}
     assert CompressorConfig.parse_setting("pool:,num_tokens=none,") == {"name": "pool", "num_tokens": None}
+    # the first '=' splits: the value may hold more
+    assert CompressorConfig.parse_setting("x:name=a=b") == {"name": "a=b"}
     with pytest.raises(ConfigError) as e:
         CompressorConfig.parse_setting("tome:num_tokens")
     assert str(e.value) == "compressor setting 'tome:num_tokens': 'num_tokens' is not key=value"
@@ -219,13 +229,13 @@ def test_field_types_and_helpers():
     assert FREE_FORM_FIELD == "extra" and CONFIG_KEY == "video_compressor"
     assert NULL_WORDS == ("none", "null", "")
     assert FIELD_CHOICES["footprint"] == ("marginal", "motion")
-    assert FIELD_CHOICES["adaptive"] == (None, "elbow", "silhouette", "elbow_released")
+    assert FIELD_CHOICES["adaptive"] == (None, "separation", "elbow", "silhouette", "elbow_released")
 
 
 def test_defaults():
     assert CompressorConfig().to_dict() == {
         "name": "vqtoken", "num_tokens": 32, "adaptive": None, "min_codes": 8, "max_codes": 64, "iters": 10,
-        "refine_iters": 5, "tol": 1e-4, "seed": 0, "seed_sample": 2048, "silhouette_sample": 2048,
+        "refine_iters": 5, "tol": 1e-4, "oversample": 2, "seed": 0, "seed_sample": 2048, "silhouette_sample": 2048,
         "attention": "paper", "hash": "kmeans", "codebook": "raw", "heads": 8, "footprint_freqs": 8,
         "footprint": "marginal", "ffn_dim": 2048, "newline": True, "apply_attention": True, "cuda_graphs": True,
         "compile": False, "chunk_frames": 0, "extra": {},
