@@ -304,33 +304,17 @@ def train(argv: list[str] | None = None) -> int:
     from ..dist import quiet_deepspeed_accelerator
 
     quiet_deepspeed_accelerator()
-    from transformers import TrainerCallback, TrainingArguments
     from transformers.utils import logging as hf_logging
 
+    from ..dist import step_timer
     from ..synthetic import make_demo_dataset
     from .data import VideoQADataset, collate
 
     hf_logging.set_verbosity_error()
     ds_cfg = deepspeed_config(args.deepspeed)
     if ds_cfg and "RANK" not in os.environ:  # started without a launcher: a one-process group
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    # TrainingArguments first, so ZeRO-3 can partition weights while they load
-    targs = TrainingArguments(
-        output_dir=args.output_dir, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
-        num_train_epochs=DEFAULT_EPOCHS if args.epochs is None else args.epochs,
-        max_steps=-1 if args.max_steps is None else args.max_steps,
-        save_steps=args.save_steps, logging_steps=args.logging_steps,
-        save_total_limit=2, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
-        bf16=args.bf16, deepspeed=ds_cfg, remove_unused_columns=False, report_to=[],
-        dataloader_num_workers=0, seed=0 if args.seed is None else args.seed, use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=False, save_only_model=False, ddp_find_unused_parameters=False,
-    )
+        _one_process_group()
+    targs = training_arguments(args, ds_cfg)  # first, so ZeRO-3 can partition weights while they load
     check_inputs(args)
     model, proc = build(args)
     spec = model.config.compressor  # what this run trains (a resume must match it)
@@ -342,35 +326,13 @@ def train(argv: list[str] | None = None) -> int:
     trainer_cls = make_trainer_class()
     trainer_cls.part_lrs = {"compressor": args.compressor_lr, "projector": args.projector_lr,
                             "vision_tower": args.vision_lr, "language_model": args.lr}
-    losses: list[float] = []
-
-    groups_seen: list[dict[str, Any]] = []
-
-    class Record(TrainerCallback):
-        def on_train_begin(self, _args, state, control, optimizer=None, **kw):
-            # the groups as the (possibly DeepSpeed-wrapped) optimizer holds them: names and LRs it will use
-            opt = getattr(optimizer, "optimizer", optimizer)
-            built = {g["name"]: g["params"] for g in getattr(trainer, "group_summary", [])}
-            for g in getattr(opt, "param_groups", []):
-                groups_seen.append({"name": g.get("name"), "lr": g["lr"], "params": built.get(g.get("name"))})
-            log.info("optimizer groups: %s", ", ".join(f"{g['name']} lr={g['lr']:g}" for g in groups_seen))
-
-        def on_log(self, _args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
-
-        def on_step_end(self, _args, state, control, **kw):
-            if args.stop_after_steps and state.global_step >= args.stop_after_steps:
-                raise KeyboardInterrupt(f"stopped after {state.global_step} steps (--stop-after-steps)")
-
-    from ..dist import step_timer
-
-    timer = step_timer()
+    record, timer = make_recorder(args.stop_after_steps), step_timer()
     trainer = trainer_cls(
-        model=model, args=targs, train_dataset=dataset, callbacks=[Record(), timer],
+        model=model, args=targs, train_dataset=dataset, callbacks=[record, timer],
         processing_class=proc,  # saved into every checkpoint-N, so each one loads and evaluates on its own
         data_collator=partial(collate, pad_id=proc.tokenizer.pad_token_id),
     )
+    record.trainer = trainer
     resume = None if args.no_resume else last_checkpoint(args.output_dir)
     if resume:
         check_resume_spec(resume, spec)
@@ -379,33 +341,102 @@ def train(argv: list[str] | None = None) -> int:
         train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     except ResumeError as e:
         fail(str(e))
-    if dataset.skipped:
-        log.warning("skipped %d sample(s) with unusable videos: %s", len(dataset.skipped), sorted(dataset.skipped))
-    if dataset.short_videos:
-        log.warning("%d clip(s) have fewer frames than --frames %d (frames repeated): %s", len(dataset.short_videos),
-                    args.frames, dataset.short_videos)
+    warn_about_videos(dataset, args.frames)
     ranks = rank_report(trainer)
     final = Path(args.output_dir) / "final"
     zero3 = bool(ds_cfg) and json.loads(Path(ds_cfg).read_text())["zero_optimization"]["stage"] == 3
-    if args.lora and not zero3:
-        if trainer.is_world_process_zero():
-            trainer.model.merge_and_unload().save_pretrained(final)  # a plain VQToken checkpoint
-    else:
-        trainer.save_model(str(final))  # gathers ZeRO-3 shards (stage3_gather_16bit_weights_on_model_save)
+    save_final(trainer, final, merge_lora=args.lora and not zero3)
     if trainer.is_world_process_zero():
         proc.save_pretrained(final)
-        summary = {"losses": losses, "skipped_videos": sorted(dataset.skipped), "final": str(final),
-                   "param_groups": groups_seen, "resumed_from": resume, "ranks": ranks,
+        summary = {"losses": record.losses, "skipped_videos": sorted(dataset.skipped), "final": str(final),
+                   "param_groups": record.groups, "resumed_from": resume, "ranks": ranks,
                    "frames": args.frames, "short_videos": dataset.short_videos,
                    "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
                    "train_samples_per_second": train_metrics.get("train_samples_per_second"),
                    "steady_samples_per_second": timer.steady(targs),
                    "world_size": targs.world_size}
         (Path(args.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1))
-        log.info("losses: %s", " ".join(f"{x:.3f}" for x in losses))
+        log.info("losses: %s", " ".join(f"{x:.3f}" for x in record.losses))
         if not args.no_generate and not (args.lora and zero3):
             reload_and_generate(final, dataset)
     return 0
+
+
+def _one_process_group() -> None:
+    """The environment of a one-process distributed group on a free local port (DeepSpeed without a launcher)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def training_arguments(args: argparse.Namespace, ds_cfg: str | None):
+    """The HF ``TrainingArguments`` of this run."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=args.output_dir, per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
+        num_train_epochs=DEFAULT_EPOCHS if args.epochs is None else args.epochs,
+        max_steps=-1 if args.max_steps is None else args.max_steps,
+        save_steps=args.save_steps, logging_steps=args.logging_steps,
+        save_total_limit=2, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
+        bf16=args.bf16, deepspeed=ds_cfg, remove_unused_columns=False, report_to=[],
+        dataloader_num_workers=0, seed=0 if args.seed is None else args.seed, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False, save_only_model=False, ddp_find_unused_parameters=False,
+    )
+
+
+def make_recorder(stop_after_steps: int | None):
+    """A ``TrainerCallback`` that records the optimizer's groups (as it holds them: names and learning
+    rates; set ``.trainer`` for the parameter counts) and the logged losses, and stops the run after
+    ``stop_after_steps`` steps when given."""
+    from transformers import TrainerCallback
+
+    class Recorder(TrainerCallback):
+        def __init__(self) -> None:
+            self.trainer = None
+            self.losses: list[float] = []
+            self.groups: list[dict[str, Any]] = []
+
+        def on_train_begin(self, _args, state, control, optimizer=None, **kw):
+            # the groups as the (possibly DeepSpeed-wrapped) optimizer holds them: names and LRs it will use
+            opt = getattr(optimizer, "optimizer", optimizer)
+            built = {g["name"]: g["params"] for g in getattr(self.trainer, "group_summary", [])}
+            for g in getattr(opt, "param_groups", []):
+                self.groups.append({"name": g.get("name"), "lr": g["lr"], "params": built.get(g.get("name"))})
+            log.info("optimizer groups: %s", ", ".join(f"{g['name']} lr={g['lr']:g}" for g in self.groups))
+
+        def on_log(self, _args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+        def on_step_end(self, _args, state, control, **kw):
+            if stop_after_steps and state.global_step >= stop_after_steps:
+                raise KeyboardInterrupt(f"stopped after {state.global_step} steps (--stop-after-steps)")
+
+    return Recorder()
+
+
+def warn_about_videos(dataset, frames: int) -> None:
+    """One warning each for the skipped videos and the clips shorter than ``frames``."""
+    if dataset.skipped:
+        log.warning("skipped %d sample(s) with unusable videos: %s", len(dataset.skipped), sorted(dataset.skipped))
+    if dataset.short_videos:
+        log.warning("%d clip(s) have fewer frames than --frames %d (frames repeated): %s", len(dataset.short_videos),
+                    frames, dataset.short_videos)
+
+
+def save_final(trainer, final: Path, merge_lora: bool) -> None:
+    """The final model: LoRA merged into a plain VQToken checkpoint (``merge_lora``, rank 0), else the
+    trainer's own save (which gathers ZeRO-3 shards: stage3_gather_16bit_weights_on_model_save)."""
+    if merge_lora:
+        if trainer.is_world_process_zero():
+            trainer.model.merge_and_unload().save_pretrained(final)
+    else:
+        trainer.save_model(str(final))
 
 
 def rank_report(trainer) -> dict[str, Any]:
