@@ -114,6 +114,14 @@ def _move_to_compressor_group(opt, params: set[int], lr: float) -> None:
     inner.add_param_group({"params": moved, "lr": lr, "weight_decay": 0.0, "name": "video_compressor"})
 
 
+def numpy_rng_state_types() -> list:
+    """The numpy classes pickled in a Trainer's ``rng_state*.pth`` (numpy's legacy RNG state: a uint32
+    array in a tuple)."""
+    import numpy as np
+
+    return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def _patch_trainer(trainer_cls) -> None:
     """LLaVATrainer: the compressor's parameters trainable or frozen as asked, its own optimizer group
     (``--video_compressor_lr``), and the rank check at the end of training."""
@@ -137,8 +145,20 @@ def _patch_trainer(trainer_cls) -> None:
         self._vq_group_added = True
         return opt
 
+    orig_rng = trainer_cls._load_rng_state
+
+    def _load_rng_state(self, checkpoint):
+        """transformers 4.45 reads ``rng_state*.pth`` with torch.load's default, which torch >= 2.6 made
+        ``weights_only``: numpy's RNG state inside is refused and every resume stopped there. Allow
+        exactly the numpy types that file holds, for this one load."""
+        import torch
+
+        with torch.serialization.safe_globals(numpy_rng_state_types()):
+            return orig_rng(self, checkpoint)
+
     trainer_cls.__init__ = __init__
     trainer_cls.create_optimizer = create_optimizer
+    trainer_cls._load_rng_state = _load_rng_state
 
 
 @contextmanager
