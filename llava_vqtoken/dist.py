@@ -4,6 +4,8 @@ DeepSpeed accelerator detection."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import logging
 from typing import Any
@@ -38,8 +40,22 @@ def quiet_deepspeed_accelerator() -> None:
         ds_logger.removeFilter(note)
 
 
+def params_digest(params: list[torch.nn.Parameter]) -> str:
+    """SHA-256 of the parameters' values in order (exact: two lists get the same digest only if every
+    value is equal; a sum would miss swapped or cancelling changes)."""
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().to(torch.float64).cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _summary(params: list[torch.nn.Parameter]) -> dict[str, Any]:
+    return {"checksum": float(sum(p.detach().double().sum() for p in params)), "digest": params_digest(params)}
+
+
 def rank_report(params: list[torch.nn.Parameter]) -> dict[str, Any]:
-    """Checksum of ``params`` (gathered first under ZeRO-3) and peak GPU memory, from every rank."""
+    """Checksum and exact digest of ``params`` (gathered first under ZeRO-3) and peak GPU memory, from
+    every rank; ``compressor_identical`` compares the digests."""
     import torch.distributed as dist
 
     ctx = None
@@ -50,17 +66,14 @@ def rank_report(params: list[torch.nn.Parameter]) -> dict[str, Any]:
             ctx = deepspeed.zero.GatheredParameters(params)
     except ImportError:  # pragma: no cover
         pass
-    if ctx is not None:
-        with ctx:
-            checksum = float(sum(p.detach().double().sum() for p in params))
-    else:
-        checksum = float(sum(p.detach().double().sum() for p in params))
-    mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    everyone: list[Any] = [{"checksum": checksum, "peak_mem_gb": mem}]
+    with ctx if ctx is not None else contextlib.nullcontext():
+        mine = _summary(params)
+    mine["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    everyone: list[Any] = [mine]
     if dist.is_available() and dist.is_initialized():
         everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, {"checksum": checksum, "peak_mem_gb": mem})
-    identical = len({round(e["checksum"], 9) for e in everyone}) == 1
+        dist.all_gather_object(everyone, mine)
+    identical = len({e["digest"] for e in everyone}) == 1
     return {"per_rank": everyone, "compressor_identical": identical}
 
 

@@ -96,7 +96,7 @@ def test_two_ranks_resume_to_the_uninterrupted_weights(stock, data, tmp_path, ze
     assert resumed["resumed_from"].endswith("checkpoint-2")
     assert resumed["losses"] == full["losses"][2:]
     for summary in (full, resumed):
-        sums = {e["checksum"] for e in summary["ranks"]["per_rank"]}
+        sums = {e["digest"] for e in summary["ranks"]["per_rank"]}
         assert len(summary["ranks"]["per_rank"]) == RANKS and len(sums) == 1
         assert summary["ranks"]["compressor_identical"] is True
 
