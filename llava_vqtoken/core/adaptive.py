@@ -224,17 +224,32 @@ def merge_sides(merges: list[tuple[int, int]], k0: int) -> tuple[np.ndarray, np.
     return side_i, side_j
 
 
+#: coordinates hashed by :func:`value_halves`, and the hash's odd multipliers
+HASH_COORDS = 16
+HASH_MULT = 0x9E3779B1
+
+
+def value_halves(xn: torch.Tensor) -> torch.Tensor:
+    """[N] bool: a split of the tokens into two halves by a hash of their values, so that copies of a
+    token (a static clip's repeated frames) fall in the same half and cross-fitting stays honest."""
+    bits = xn[:, :HASH_COORDS].float().contiguous().view(torch.int32).long()
+    mult = HASH_MULT * (2 * torch.arange(bits.shape[1], device=xn.device) + 1)
+    h = (bits * mult).sum(dim=1)
+    return (h >> 11) % 2 == 0
+
+
 def gap_shares(xn: torch.Tensor, labels: torch.Tensor, k0: int, side_i: np.ndarray, side_j: np.ndarray) -> torch.Tensor:
     """For each merge, the share of the two sides' tokens that lie in the middle band between them.
 
     Cross-fitted so that a group of noise cannot look separated from its own fit: the direction joining
-    the two sides' means comes from the even-indexed tokens, the projections (and the means along that
-    line) from the odd-indexed ones. Along the line, t = -1 and t = +1 are the two sides' means; the
+    the two sides' means comes from one half of the tokens (split by a hash of their values,
+    :func:`value_halves`), the projections (and the means along that line) from the other. Along the
+    line, t = -1 and t = +1 are the two sides' means; the
     share is that of the sides' (odd) tokens with |t| < GAP_BAND. ``xn`` [N, D] unit tokens, ``labels``
     [N] their original clusters. Returns [M] (1.0 where the sides' means do not separate at all).
     """
     dev = xn.device
-    even = torch.arange(xn.shape[0], device=dev) % 2 == 0
+    even = value_halves(xn)
     oh = one_hot(labels[even], k0)  # [Ne, K0]
     sums_e = oh.transpose(0, 1) @ xn[even].float()
     counts_e = oh.sum(dim=0)

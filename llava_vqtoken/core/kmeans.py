@@ -289,7 +289,6 @@ def ward_merge_down(sums: torch.Tensor, counts: torch.Tensor, k: int) -> tuple[t
     alive = torch.ones(b, k0, dtype=torch.bool, device=sums.device)
     group = torch.arange(k0, device=sums.device).expand(b, k0).clone()
     eye = torch.eye(k0, dtype=torch.bool, device=sums.device)
-    rows = torch.arange(b, device=sums.device)
     for _ in range(k0 - k):
         mu = s / n.clamp_min(1.0).unsqueeze(-1)
         sq = mu.square().sum(dim=-1)
@@ -298,11 +297,11 @@ def ward_merge_down(sums: torch.Tensor, counts: torch.Tensor, k: int) -> tuple[t
         dead = ~(alive[:, :, None] & alive[:, None, :]) | eye
         flat = cost.masked_fill(dead, float("inf")).flatten(1).argmin(dim=1)
         i, j = flat // k0, flat % k0
-        s[rows, i] += s[rows, j]
-        n[rows, i] += n[rows, j]
-        s[rows, j] = 0.0
-        n[rows, j] = 0.0
-        alive[rows, j] = False
+        # elementwise masks only (no indexed writes of host scalars): capturable in a CUDA graph
+        into, gone = one_hot(i, k0), one_hot(j, k0)  # [B, K0]
+        s = (s + into.unsqueeze(-1) * (s * gone.unsqueeze(-1)).sum(dim=1, keepdim=True)) * (1.0 - gone).unsqueeze(-1)
+        n = (n + into * (n * gone).sum(dim=1, keepdim=True)) * (1.0 - gone)
+        alive = alive & (gone == 0)
         group = torch.where(group == j[:, None], i[:, None], group)
     order = (~alive).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # the k live clusters, in index order
     slot = torch.zeros(b, k0, dtype=torch.long, device=sums.device).scatter_(
