@@ -63,3 +63,27 @@ def test_text_only_two_turn_record(proc, tmp_path):
     kept = [t for t in item["labels"].tolist() if t != IGNORE]
     assert kept == ids(proc, "a shape<|im_end|>\n") + ids(proc, "round<|im_end|>\n")
     assert "pixel_values_videos" not in item
+
+
+def test_a_cut_through_the_video_placeholders_skips_the_sample_and_a_text_cut_is_recorded(proc, tmp_path):
+    """max_length used to cut any sample silently, through its video placeholders too (a prompt whose
+    placeholder count no longer matches the compressor's)."""
+    make_video(tmp_path / "c.mp4", frames=6, height=32, width=32)
+    recs = [{"video": "c.mp4", "conversations": TWO_TURNS},
+            {"conversations": [{"from": "human", "value": "what is a square?"}, {"from": "gpt", "value": "a shape"}]}]
+    (tmp_path / "d.json").write_text(json.dumps(recs))
+    full = VideoQADataset(tmp_path / "d.json", proc, frames=4)
+    whole_text = full[1]
+    video = proc.tokenizer.convert_tokens_to_ids("<video>")
+    first = int((full[0]["input_ids"] == video).nonzero()[0])
+    cut = first + 3  # inside the 9 placeholders
+    ds = VideoQADataset(tmp_path / "d.json", proc, frames=4, max_length=cut)
+    item = ds[0]  # the video sample is skipped, the next record takes its place
+    assert item["input_ids"].tolist() == whole_text["input_ids"][:cut].tolist()
+    assert item["labels"].tolist() == whole_text["labels"][:cut].tolist()
+    assert len(ds.skipped) == 1 and next(iter(ds.skipped)).startswith("record 0 (")
+    assert list(ds.truncated.values()) == [len(whole_text["input_ids"])]
+    roomy = VideoQADataset(tmp_path / "d.json", proc, frames=4, max_length=first + 9 + 1)
+    kept = roomy[0]  # the cut falls after the placeholders: the sample stays, cut and recorded
+    assert (kept["input_ids"] == video).sum() == 9 and len(kept["input_ids"]) == first + 10
+    assert not roomy.skipped and list(roomy.truncated.values()) == [len(full[0]["input_ids"])]

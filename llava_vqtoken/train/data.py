@@ -35,6 +35,10 @@ def _messages(conversations: list[dict[str, str]], has_video: bool) -> list[dict
     return msgs
 
 
+class SampleTooLong(ValueError):
+    """A sample longer than ``max_length`` whose cut would fall inside the video's placeholders."""
+
+
 class VideoQADataset(Dataset):
     """Tokenised samples; a missing or corrupt video is skipped with a warning naming it, and counted."""
 
@@ -47,6 +51,7 @@ class VideoQADataset(Dataset):
         self.processor, self.frames, self.max_length = processor, frames, max_length
         self.skipped: set[str] = set()
         self.short_videos: dict[str, int] = {}  # path -> frames it really has, when fewer than asked
+        self.truncated: dict[str, int] = {}  # start of a cut sample's conversation -> its full length
 
     def __len__(self) -> int:
         return len(self.records)
@@ -65,11 +70,28 @@ class VideoQADataset(Dataset):
         enc = self.processor(text=self.processor.apply_chat_template(msgs, add_generation_prompt=False), **kw)
         ids = enc["input_ids"][0]
         labels = assistant_labels(self.processor, msgs, ids)
-        ids, labels = ids[: self.max_length], labels[: self.max_length]
+        ids, labels = self._truncate(rec, ids, labels)
         item = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
         if frames is not None:
             item["pixel_values_videos"] = enc["pixel_values_videos"][0]
         return item
+
+    def _truncate(self, rec: dict[str, Any], ids: torch.Tensor, labels: torch.Tensor):
+        """Cut a sample to ``max_length`` tokens, recorded in ``truncated`` (warned once per record); a cut
+        through the video's placeholder tokens would break the prompt, so that sample is skipped instead."""
+        if len(ids) <= self.max_length:
+            return ids, labels
+        token = self.processor.tokenizer.convert_tokens_to_ids(getattr(self.processor, "video_token", "<video>"))
+        where = (ids == token).nonzero()
+        if len(where) and int(where[-1]) >= self.max_length:
+            raise SampleTooLong(f"{len(ids)} tokens, more than max_length {self.max_length}: the video's "
+                                f"placeholders would be cut")
+        key = json.dumps(rec["conversations"])[:80]
+        if key not in self.truncated:
+            self.truncated[key] = len(ids)
+            log.warning("sample of %d tokens cut to max_length %d (%d such sample(s) so far): %s", len(ids),
+                        self.max_length, len(self.truncated), key)
+        return ids[: self.max_length], labels[: self.max_length]
 
     def _frames(self, path: str) -> Any:
         """Decode ``self.frames`` frames; a clip with fewer is reported once and recorded with its count."""
@@ -87,8 +109,9 @@ class VideoQADataset(Dataset):
             rec = self.records[(i + attempt) % len(self.records)]
             try:
                 return self.encode(rec)
-            except VideoError as e:
-                name = self._video_path(rec)
+            except (VideoError, SampleTooLong) as e:
+                n = (i + attempt) % len(self.records)
+                name = self._video_path(rec) if isinstance(e, VideoError) else f"record {n} ({e})"
                 if name not in self.skipped:
                     self.skipped.add(name)
                     log.warning("skipping sample with unusable video (%d skipped so far): %s", len(self.skipped), e)
