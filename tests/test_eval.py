@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from llava_vqtoken.config import ConfigError
 from llava_vqtoken.eval.report import main as report_main
@@ -123,3 +124,13 @@ def test_stats_are_written_only_where_the_stats_file_model_arg_says(tiny_model, 
     assert VQTokenHF(pretrained=str(tiny_model), device="cpu").stats_file is None
     given = str(tmp_path / "stats.jsonl")
     assert VQTokenHF(pretrained=str(tiny_model), device="cpu", stats_file=given).stats_file == given
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused_and_no_device_means_what_is_there(tiny_model):
+    """device=cuda on a machine without a GPU used to run on the CPU without a word."""
+    from llava_vqtoken.hosts.lmms_eval.plugin import VQTokenHF
+
+    with pytest.raises(ValueError, match="device=cuda: no CUDA GPU is available here"):
+        VQTokenHF(pretrained=str(tiny_model), device="cuda")
+    assert VQTokenHF(pretrained=str(tiny_model)).model.device.type == "cpu"

@@ -53,7 +53,7 @@ class VQTokenLlavaNext(VideoLmms):
     def __init__(
         self,
         pretrained: str = "lmms-lab/llava-onevision-qwen2-0.5b-ov",
-        device: str = "cuda",
+        device: str | None = None,
         dtype: str = "bfloat16",
         batch_size: int | str = 1,
         max_new_tokens: int | str = 32,

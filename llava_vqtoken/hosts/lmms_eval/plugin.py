@@ -172,15 +172,18 @@ class VideoLmms(_lmms_base()):
     untrained_compressor: bool | None = None  # None: the host does not say
     overridden: list[str] | None = None  # spec fields changed against the checkpoint's training
 
-    def _setup_device(self, device: str) -> torch.device:
-        """Data parallelism through accelerate: this process's rank, world size and device (CPU when
-        CUDA is asked for but absent; one GPU per process when several run)."""
+    def _setup_device(self, device: str | None) -> torch.device:
+        """Data parallelism through accelerate: this process's rank, world size and device. No device
+        given: CUDA when there is a GPU, else the CPU. ``cuda`` asked for without a GPU is refused (it
+        used to run on the CPU without a word); one GPU per process when several run."""
         from accelerate import Accelerator
 
         acc = Accelerator()
         self._rank, self._world_size = acc.local_process_index, acc.num_processes
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
-            device = "cpu"
+            raise ValueError(f"device={device}: no CUDA GPU is available here (use device=cpu)")
         if device.startswith("cuda") and acc.num_processes > 1:
             torch.cuda.set_device(acc.local_process_index)
             device = f"cuda:{acc.local_process_index}"
@@ -221,7 +224,7 @@ class VQTokenHF(VideoLmms):
     def __init__(
         self,
         pretrained: str | None = None,
-        device: str = "cuda",
+        device: str | None = None,
         dtype: str = "auto",
         batch_size: int | str = 1,
         frames: int | str = 32,
