@@ -56,6 +56,8 @@ SPECS = {
     "codebook-only": dict(num_tokens=16, attention="none", codebook="normalized"),
     "elbow": dict(num_tokens=None, adaptive="elbow", min_codes=4, max_codes=24),
     "silhouette": dict(num_tokens=None, adaptive="silhouette", min_codes=4, max_codes=16),
+    "separation": dict(num_tokens=None, adaptive="separation", min_codes=2, max_codes=16),
+    "plain-kmeans": dict(num_tokens=16, oversample=1),
     "released": dict(CompressorConfig.released(min_codes=4, max_codes=16).to_dict(), apply_attention=True),
 }
 

@@ -38,7 +38,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .adaptive import AdaptiveChoice, elbow_k, partition_levels, released_elbow_k, silhouette_scores, ward_merge_tree
+from .adaptive import (
+    GAP_BAND,
+    MIN_MASS_DIVISOR,
+    AdaptiveChoice,
+    elbow_k,
+    merge_sides,
+    partition_levels,
+    released_elbow_k,
+    separation_k,
+    silhouette_scores,
+    value_halves,
+    ward_merge_tree,
+)
 from .compressor import CompressedVideo, CompressionError, VQTokenCompressor
 from .keymap import canonical_order, key_map_grid, member_sums
 from .kmeans import (
@@ -305,47 +317,100 @@ def streaming_kmeans(
     return centroids, fit.final(centroids)
 
 
+def gap_shares_streamed(
+    fit: StreamingFit, labels: torch.Tensor, k0: int, side_i: np.ndarray, side_j: np.ndarray
+) -> torch.Tensor:
+    """``adaptive.gap_shares`` over a store, in three passes (the even half's per-cluster sums; the odd
+    half's projections' means per side; the share of the odd sides' tokens in the middle band)."""
+    dev, d = fit.device, fit.store.dim or 0
+    a = torch.as_tensor(np.ascontiguousarray(side_i), dtype=torch.float32, device=dev)
+    b = torch.as_tensor(np.ascontiguousarray(side_j), dtype=torch.float32, device=dev)
+
+    def halves() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for start, x in fit.store.chunks(dev):
+            xn = fit._unit(x)
+            yield xn, labels[start : start + xn.shape[0]], value_halves(xn)
+
+    sums_e, counts_e = torch.zeros(k0, d, device=dev), torch.zeros(k0, device=dev)
+    for xn, lab, even in halves():
+        oh = one_hot(lab[even], k0)
+        sums_e += oh.transpose(0, 1) @ xn[even].float()
+        counts_e += oh.sum(dim=0)
+    mean_a = (a @ sums_e) / (a @ counts_e).clamp_min(1.0).unsqueeze(-1)
+    mean_b = (b @ sums_e) / (b @ counts_e).clamp_min(1.0).unsqueeze(-1)
+    direction = (mean_a - mean_b).transpose(0, 1)
+
+    def odd_sides() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for xn, lab, even in halves():
+            lo = lab[~even]
+            yield xn[~even].float() @ direction, a.transpose(0, 1)[lo], b.transpose(0, 1)[lo]
+
+    m = side_i.shape[0]
+    ca, cb, pa, pb = (torch.zeros(m, device=dev) for _ in range(4))
+    for proj, in_a, in_b in odd_sides():
+        ca, cb = ca + in_a.sum(dim=0), cb + in_b.sum(dim=0)
+        pa, pb = pa + (proj * in_a).sum(dim=0), pb + (proj * in_b).sum(dim=0)
+    ma, mb = pa / ca.clamp_min(1.0), pb / cb.clamp_min(1.0)
+    half = (ma - mb) / 2.0
+    mid = torch.zeros(m, device=dev)
+    for proj, in_a, in_b in odd_sides():
+        t = (proj - (ma + mb) / 2.0) / half.clamp_min(1e-12)
+        mid += ((t.abs() < GAP_BAND).float() * (in_a + in_b)).sum(dim=0)
+    share = mid / (ca + cb).clamp_min(1.0)
+    return torch.where(half > 0, share, torch.ones_like(share))
+
+
 def choose_k(
-    top: StreamPass, method: str, k_min: int, k_max: int, k_top: int,
+    fit: StreamingFit, top: StreamPass, cfg: Any, k_top: int, k0: int,
     silhouette: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> tuple[AdaptiveChoice, np.ndarray]:
     """The in-memory selection (``adaptive.adaptive_kmeans``) on one video's streamed statistics:
-    (choice, map from the K_top codes to the chosen k groups)."""
+    (choice, map from the K0 codes of the top fit to the chosen k groups)."""
+    method, k_min, k_max, n = cfg.adaptive, cfg.min_codes, cfg.max_codes, fit.n
     gram = (top.unit_sums @ top.unit_sums.T).double().cpu().numpy()
     counts, total_sq = top.counts.double().cpu().numpy(), float(top.total_sq)
     merges, distortion = ward_merge_tree(gram, counts, total_sq)
     curve = {k: float(distortion[k]) for k in range(1, k_top + 1)}
     if distortion[1] <= 1e-6 * max(total_sq, 1e-12):
         scores, pick = curve, 1
+    elif method == "separation":
+        side_a, side_b = merge_sides(merges, k0)
+        last = len(merges[::-1][:k_top])
+        side_a, side_b = side_a[::-1][:last], side_b[::-1][:last]
+        share = gap_shares_streamed(fit, top.labels, k0, side_a, side_b).cpu().numpy()
+        pick = separation_k(share, side_a @ counts, side_b @ counts, n / (MIN_MASS_DIVISOR * k0))
+        scores = {j + 2: float(v) for j, v in enumerate(share)}
     elif method == "elbow":
         scores, pick = curve, elbow_k(curve)
-        pick = k_max + 1 if pick is None else pick
+        pick = min(k_max + 1, n) if pick is None else pick
     elif method == "elbow_released":
         scores = {k: float(distortion[k]) for k in range(k_min, k_max + 1)}
         pick = released_elbow_k(scores, k_min)
     else:
         assert silhouette is not None
-        levels = partition_levels(merges, k_top, list(range(2, min(k_max + 1, k_top) + 1)))
+        levels = partition_levels(merges, k0, list(range(2, min(k_max + 1, k_top) + 1)))
         scores = silhouette_scores(silhouette[0], silhouette[1], top.counts, levels)
         pick = max(scores, key=lambda k: (scores[k], -k)) if scores else k_min
     k = min(max(pick, k_min), k_max)
     clamped = "low" if pick < k_min else ("high" if pick > k_max else None)
     choice = AdaptiveChoice(k=k, k_unclamped=pick, clamped=clamped, scores=scores)
-    return choice, partition_levels(merges, k_top, [k])[k]
+    return choice, partition_levels(merges, k0, [k])[k]
 
 
 def streaming_adaptive(
     store: FeatureStore, cfg: Any, device: torch.device, video_id: int | None = None
 ) -> tuple[torch.Tensor, StreamPass, AdaptiveChoice, torch.Tensor]:
-    """Adaptive K over a store: (centroids [max_codes, D], final pass, choice, active [max_codes])."""
+    """Adaptive K over a store: (centroids [max_codes, D], final pass, choice, active [max_codes]).
+    Mirrors ``adaptive.adaptive_kmeans`` (over-seeded top fit, Ward tree, rule, refinement)."""
     fit = StreamingFit(store, device, cfg.tol)
     if cfg.max_codes > fit.n:
         raise CompressionError(f"max_codes={cfg.max_codes} exceeds the video's {fit.n} tokens")
     k_top = min(cfg.max_codes + 2, fit.n)
+    k0 = min(cfg.oversample * k_top, fit.n)
     streams = VideoStreams(1, device, cfg.seed, None if video_id is None else [video_id])
-    noise, m = draw_seed_noise(fit.n, k_top, streams, cfg.seed_sample, None, device)
-    centres = fit.lloyd(fit.seeds(k_top, noise, m), cfg.iters)
-    top = fit.final(centres)
+    noise, m = draw_seed_noise(fit.n, k0, streams, cfg.seed_sample, OVERSEED_TRIALS if k0 > k_top else None, device)
+    k0 = max(min(k0, m), k_top)
+    top = fit.final(fit.lloyd(fit.seeds(k0, noise, m), cfg.iters))
     sil = None
     if cfg.adaptive == "silhouette":
         s = min(cfg.silhouette_sample, fit.n)
@@ -353,7 +418,7 @@ def streaming_adaptive(
         idx = keys[0].topk(s).indices
         xs = fit._unit(store.gather(idx, device)).float()
         sil = (xs @ top.unit_sums.T, top.labels[idx])
-    choice, merge_map = choose_k(top, cfg.adaptive, cfg.min_codes, cfg.max_codes, k_top, sil)
+    choice, merge_map = choose_k(fit, top, cfg, k_top, k0, sil)
     width = cfg.max_codes
     maps = torch.as_tensor(merge_map, device=device)
     init = F.normalize(one_hot(maps, width).T @ top.unit_sums, dim=-1, eps=1e-12)
@@ -459,7 +524,7 @@ def compress_streamed(
         if cfg.num_tokens > n:
             raise CompressionError(f"num_tokens={cfg.num_tokens} exceeds the video's {n} tokens")
         centroids, fin = streaming_kmeans(store, cfg.num_tokens, cfg.iters, cfg.tol, cfg.seed, cfg.seed_sample,
-                                          device, video_id)
+                                          device, video_id, cfg.oversample)
         k = ks = cfg.num_tokens
         active = torch.ones(k, dtype=torch.bool, device=device)
     else:
