@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -30,7 +32,22 @@ PROMPT = "what moves left"
 STARTUP_S = 900
 
 
-def build(out: Path, text_hidden: int, num_tokens: int, clips: int) -> tuple[Path, Path, list[Path]]:
+#: a deeper text model than the embedded default's 2 layers: the tiny builder's tokenizer and processor,
+#: its config with the text depth, heads (64 wide) and MLP (Qwen2-0.5B's ratio) changed, new random weights
+DEEPEN = """
+import torch
+from transformers import AutoConfig, LlavaOnevisionForConditionalGeneration
+cfg = AutoConfig.from_pretrained({path!r})
+cfg.text_config.num_hidden_layers = {layers}
+cfg.text_config.layer_types = ["full_attention"] * {layers}
+cfg.text_config.num_attention_heads = cfg.text_config.hidden_size // 64
+cfg.text_config.intermediate_size = cfg.text_config.hidden_size * 5
+torch.manual_seed(0)
+LlavaOnevisionForConditionalGeneration(cfg).save_pretrained({path!r})
+"""
+
+
+def build(out: Path, text_hidden: int, text_layers: int, num_tokens: int, clips: int) -> tuple[Path, Path, list[Path]]:
     stock, vq = out / "stock", out / f"vq{num_tokens}"
     code = (
         "import sys\nfrom llava_vqtoken.hosts.hf.tiny import build_tiny_llava_onevision as b\n"
@@ -38,10 +55,25 @@ def build(out: Path, text_hidden: int, num_tokens: int, clips: int) -> tuple[Pat
         f"b({str(stock)!r}, text_hidden={text_hidden})\n"
         f"[make_video({str(out)!r} + f'/clip_{{i}}.mp4', frames=48, seed=i) for i in range({clips})]\n"
     )
+    if text_layers != 2:
+        code += DEEPEN.format(path=str(stock), layers=text_layers)
     subprocess.run([str(MAIN_PY), "-c", code], check=True, cwd=ROOT)
     subprocess.run([str(MAIN_PY), "-m", "llava_vqtoken.cli", "export-remote", "--model", str(stock), "--out",
                     str(vq), "--num-tokens", str(num_tokens)], check=True, cwd=ROOT)
-    return stock, vq, [out / f"clip_{i}.mp4" for i in range(clips)]
+    return hub_layout(stock, out / "stock-hub"), vq, [out / f"clip_{i}.mp4" for i in range(clips)]
+
+
+def hub_layout(src: Path, dst: Path) -> Path:
+    """A copy of a checkpoint saved by transformers 5 with the vision tower in the hub key layout
+    (``vision_tower.vision_model.*``), the only one vLLM's stock LLaVA-OneVision loads (our plugin takes both)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    state = load_file(str(src / "model.safetensors"))
+    saved = re.compile(r"^vision_tower\.(?!vision_model\.)")
+    renamed = {saved.sub("vision_tower.vision_model.", k): v for k, v in state.items()}
+    save_file(renamed, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
 
 
 def free_port() -> int:
@@ -87,7 +119,8 @@ def one_request(port: int, model: Path, clip: Path, max_tokens: int) -> dict:
             if not line.startswith("data:") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[5:])
-            if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+            # vLLM sends its first chunk (the role) once the first token exists: that is the TTFT
+            if first is None and chunk.get("choices"):
                 first = time.perf_counter() - start
             usage = chunk.get("usage") or usage
     return {"ttft_s": first, "total_s": time.perf_counter() - start, "prompt_tokens": usage["prompt_tokens"]}
@@ -111,6 +144,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench-vllm")
     p.add_argument("--text-hidden", type=int, default=512)
+    p.add_argument("--text-layers", type=int, default=2, help="2: the embedded default's depth")
     p.add_argument("--num-tokens", type=int, default=32)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--concurrency", default="1,4,16")
@@ -122,9 +156,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     levels = [int(c) for c in a.concurrency.split(",")]
     clips_needed = max(levels) * a.waves + 1
-    stock, vq, clips = build(out, a.text_hidden, a.num_tokens, clips_needed)
-    result = {"text_hidden": a.text_hidden, "frames": a.frames, "num_tokens": a.num_tokens,
-              "max_tokens": a.max_tokens, "waves": a.waves, "models": {}}
+    stock, vq, clips = build(out, a.text_hidden, a.text_layers, a.num_tokens, clips_needed)
+    result = {"text_hidden": a.text_hidden, "text_layers": a.text_layers, "frames": a.frames,
+              "num_tokens": a.num_tokens, "max_tokens": a.max_tokens, "waves": a.waves, "models": {}}
     for name, model in (("stock", stock), (f"vqtoken_k{a.num_tokens}", vq)):
         port = free_port()
         server = serve(model, port, a.frames, out / f"serve-{name}.log")
