@@ -268,3 +268,19 @@ def test_everything_stays_on_the_inputs_device():
         want = rel(cb, km)
         got = rel.cuda()(cb.cuda(), km.cuda())
     torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["paper", "random"])
+def test_a_bf16_module_takes_an_fp32_codebook_and_footprint(mode):
+    # the footprint statistics and the random weights are fp32; the module's dtype decides
+    torch.manual_seed(5)
+    att = VQAttention(16, heads=2, freqs=2, mode=mode)
+    torch.nn.init.normal_(att.out_proj.weight)
+    codebook = torch.randn(1, 3, 16)
+    key_map = torch.tensor([[[[0, 1, 2]]]])
+    draw = lambda fn: fn(torch.Generator().manual_seed(9))  # noqa: E731
+    with torch.no_grad():
+        want = att(codebook, key_map, draw=draw)
+        out = att.to(torch.bfloat16)(codebook, key_map, draw=draw)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, want, atol=0.1, rtol=0.05)
