@@ -275,19 +275,22 @@ class StreamingFit:
     def final(self, centroids: torch.Tensor, active: torch.Tensor | None = None) -> StreamPass:
         """Assign every token; per-code counts and unit sums, inertia."""
         k, d = centroids.shape[0], self.store.dim or 0
-        labels, inertia = [], torch.zeros((), device=self.device)
+        # one allocation up front: per-block label tensors kept between the blocks' large temporaries
+        # fragment the CPU heap, whose peak then grows with the video (measured: +88 MB at 1,200 frames)
+        labels = torch.empty(self.n, dtype=torch.long, device=self.device)
+        inertia = torch.zeros((), device=self.device)
         counts = torch.zeros(k, device=self.device)
         sums = torch.zeros(k, d, device=self.device)
         total_sq = torch.zeros((), device=self.device)
-        for _, x in self.store.chunks(self.device):
+        for start, x in self.store.chunks(self.device):
             xn = self._unit(x)
             lab, best = assign(xn[None], centroids[None], None if active is None else active[None])
-            labels.append(lab[0])
+            labels[start : start + lab.shape[1]] = lab[0]
             inertia += (1.0 - best).sum()
             counts += torch.bincount(lab[0], minlength=k).float()
             sums += member_sums(one_hot(lab, k, xn.dtype), xn[None])[0]
             total_sq += xn.float().square().sum()
-        return StreamPass(torch.cat(labels), inertia, counts, sums, total_sq)
+        return StreamPass(labels, inertia, counts, sums, total_sq)
 
 
 def streaming_kmeans(
