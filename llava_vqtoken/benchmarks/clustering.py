@@ -149,16 +149,39 @@ def run_fixed(ks: list[int], seeds: list[int], n: int, d: int, device: torch.dev
     return rows
 
 
-def default_fits(iters: int) -> dict[str, Callable[[torch.Tensor, int, int], Any]]:
-    """The fits compared: the new default (over-seeded 2K, Ward merge, refine) and plain k-means++ + Lloyd."""
-    return {
+def default_fits(iters: int, restarts: int, sklearn: bool) -> dict[str, Callable[[torch.Tensor, int, int], Any]]:
+    """The fits compared: the new default (over-seeded 2K, Ward merge, refine), plain k-means++ + Lloyd,
+    optionally the best of ``restarts`` plain fits of 20 steps and scikit-learn's KMeans (4 restarts)."""
+    fits: dict[str, Callable[[torch.Tensor, int, int], Any]] = {
         "oversample=2": lambda x, k, s: cosine_kmeans(x, k, iters=iters, seed=s, oversample=2),
         "oversample=1 (old)": lambda x, k, s: cosine_kmeans(x, k, iters=iters, seed=s, oversample=1),
-        "best of 4 restarts, oversample=1": lambda x, k, s: min(
-            (cosine_kmeans(x, k, iters=20, seed=100 + r, oversample=1) for r in range(4)),
-            key=lambda r: float(r.inertia[0]),
-        ),
     }
+    if restarts:
+        fits[f"best of {restarts} restarts, oversample=1"] = lambda x, k, s: min(
+            (cosine_kmeans(x, k, iters=20, seed=100 + r, oversample=1) for r in range(restarts)),
+            key=lambda r: float(r.inertia[0]),
+        )
+    if sklearn:
+        fits["sklearn KMeans n_init=4"] = sklearn_fit
+    return fits
+
+
+def sklearn_fit(x: torch.Tensor, k: int, seed: int) -> Any:
+    """scikit-learn's KMeans (k-means++, 4 restarts) on the unit tokens, scored by our cosine inertia
+    (the sum of 1 - <x^, c> with c the normalised mean of each cluster: the best centres for its labels)."""
+    from sklearn.cluster import KMeans  # optional: only for this comparison
+
+    xn = F.normalize(x[0].float().cpu(), dim=-1)
+    labels = torch.as_tensor(KMeans(k, n_init=4, random_state=seed).fit_predict(xn.numpy())).long()
+    centres = F.normalize(torch.zeros(k, xn.shape[1]).index_add_(0, labels, xn), dim=-1)
+    inertia = (1.0 - (xn * centres[labels]).sum(dim=1)).sum()
+    return _Fit(labels[None], inertia[None])
+
+
+@dataclass
+class _Fit:
+    labels: torch.Tensor
+    inertia: torch.Tensor
 
 
 def adaptive_cases(n: int, d: int, seeds: list[int], objects: list[int]) -> list[Case]:
@@ -251,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-codes", type=int, default=4)
     p.add_argument("--max-codes", type=int, default=64)
     p.add_argument("--skip", choices=["fixed", "adaptive", "cost"], action="append", default=[])
+    p.add_argument("--restarts", type=int, default=4, help="best of R plain fits (0: skip)")
+    p.add_argument("--sklearn", action="store_true", help="also scikit-learn's KMeans, 4 restarts (CPU; optional)")
     p.add_argument("--reps", type=int, default=20, help="repetitions of each timed call (cost part)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="JSON file for the rows and the summary")
@@ -261,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if "cost" not in a.skip:
         result["cost_ms_per_video"] = run_cost(device, a.reps, a.iters)
     if "fixed" not in a.skip:
-        rows = run_fixed(a.ks, a.seeds, a.tokens, a.dim, device, default_fits(a.iters))
+        rows = run_fixed(a.ks, a.seeds, a.tokens, a.dim, device, default_fits(a.iters, a.restarts, a.sklearn))
         result["fixed"] = rows
         result["fixed_summary"] = summarise_fixed(rows)
         print(json.dumps(result["fixed_summary"], indent=1))

@@ -337,7 +337,9 @@ def _fit(
     fit_iters, refine_iters = oversampled_iters(iters)
     r = lloyd(xn, centres, iters=fit_iters, tol=tol, steps=steps)
     _, merged = ward_merge_down(cluster_sums(xn, r.labels, k0), r.counts, k)
-    r = lloyd(xn, F.normalize(merged, dim=-1, eps=1e-12), iters=refine_iters, tol=tol, steps=steps)
+    # a group of empty clusters (degenerate input, e.g. identical tokens) has no direction: keep a seed's
+    init = torch.where((merged.abs().sum(dim=-1, keepdim=True) == 0), centres[:, :k], merged)
+    r = lloyd(xn, F.normalize(init, dim=-1, eps=1e-12), iters=refine_iters, tol=tol, steps=steps)
     return r.centroids, r.labels, r.inertia, r.counts
 
 
