@@ -13,6 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2]
 BUNDLE_ORDER = [
     "config.py",
+    "shapes.py",
     "core/graphs.py",
     "core/kmeans.py",
     "core/adaptive.py",
