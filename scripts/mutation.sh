@@ -23,7 +23,7 @@ LOCK="$ROOT/locks/mutation.txt"
 CHILDREN="${MUTMUT_CHILDREN:-1}"
 
 die() { echo "mutation.sh: $*" >&2; exit 2; }
-[ -x "$PY" ] || die "no project venv at .venv (run scripts/bootstrap.sh first)"
+command -v "$PY" >/dev/null || die "no interpreter $PY (the project venv .venv: scripts/bootstrap.sh; or set MUTMUT_PYTHON)"
 
 # Tests per mutated file: a focused list of fast known-answer tests (a survivor costs a full run of
 # every covering test, so the list is kept short). A file without an entry gets the broad list below.
