@@ -245,6 +245,7 @@ def test_released_defaults():
 def test_everything_stays_on_the_inputs_device():
     cuda = torch.device("cuda")
     assert grid_coordinates(2, 2, 2, cuda).device.type == "cuda"
+    assert grid_coordinates(1, 2, 1, cuda).device.type == "cuda"  # a length-1 axis is zeros(1)
     assert fourier_features(torch.zeros(2, 3, device=cuda), 2).device.type == "cuda"
     key_map = torch.randint(0, 3, (2, 3, 2, 2), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(
@@ -284,3 +285,10 @@ def test_a_bf16_module_takes_an_fp32_codebook_and_footprint(mode):
         out = att.to(torch.bfloat16)(codebook, key_map, draw=draw)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, want, atol=0.1, rtol=0.05)
+
+
+def test_out_proj_init_scale_follows_the_width():
+    # std 0.02 / sqrt(dim / 64): 0.005 at dim 1024 (1M weights: the sample std is within ~1e-5)
+    torch.manual_seed(0)
+    att = VQAttention(1024, heads=8, freqs=1)
+    assert abs(att.out_proj.weight.std().item() - 0.005) < 1.5e-5
