@@ -94,6 +94,17 @@ def test_streaming_close_on_unstructured_features():
     assert torch.equal(ref.key_map, got.key_map)
 
 
+def test_identical_tokens_stream_to_no_zero_codes():
+    """Degenerate input (every token the same): as in memory, every code keeps a direction."""
+    x = torch.ones(4, 3, 3, 16)
+    comp = build_compressor(CompressorConfig(num_tokens=8, attention="none"), 16).eval()
+    got = stream(comp, x, chunk_frames=3, feed=2)
+    with torch.no_grad():
+        ref = comp(x[None])[0]
+    assert torch.equal(got.tokens, ref.tokens)
+    assert (got.tokens.norm(dim=-1) > 0.5).all()
+
+
 def test_result_does_not_depend_on_how_frames_are_fed(tmp_path):
     """The store re-blocks its input: feeding 1, 5 or all 12 frames at a time, or spilling the blocks
     to disk, is bit-identical."""

@@ -314,9 +314,12 @@ def streaming_kmeans(
         return centroids, fit.final(centroids)
     # over-seeding, as the in-memory fit: K0 clusters, Ward merge down to K, Lloyd refinement
     fit_iters, refine_iters = oversampled_iters(iters)
-    wide = fit.final(fit.lloyd(fit.seeds(k0, noise, m), fit_iters))
+    seeds = fit.seeds(k0, noise, m)
+    wide = fit.final(fit.lloyd(seeds, fit_iters))
     _, merged = ward_merge_down(wide.unit_sums[None], wide.counts[None], k)
-    centroids = fit.lloyd(F.normalize(merged[0], dim=-1, eps=1e-12), refine_iters)
+    # a group of empty clusters (degenerate input, e.g. identical tokens) has no direction: keep a seed's
+    init = torch.where(merged[0].abs().sum(dim=-1, keepdim=True) == 0, seeds[:k], merged[0])
+    centroids = fit.lloyd(F.normalize(init, dim=-1, eps=1e-12), refine_iters)
     return centroids, fit.final(centroids)
 
 
