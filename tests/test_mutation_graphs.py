@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 import torch
+import torch._dynamo
 
 from llava_vqtoken.core.graphs import RECOMPILE_LIMIT, CodeCache, _signature, compile_scope, maybe_graphed
 
@@ -36,6 +37,7 @@ def test_cpu_runs_the_function_and_captures_nothing():
     assert cache.run(("k",), affine, [x, None], {"scale": 3.0}).tolist() == [3.0, 6.0]
     assert maybe_graphed(cache, ("k",), affine, [x, x], {}).tolist() == [3.0, 6.0]
     assert maybe_graphed(cache, ("k",), affine, [x, None], {}, enabled=False).tolist() == [2.0, 4.0]
+    assert maybe_graphed(cache, ("k",), affine, [x, None], {"scale": 5.0}, enabled=False).tolist() == [5.0, 10.0]
     assert len(cache) == 0 and cache.keys() == []
     assert cache.run(("k",), lambda: 5, [], {}) == 5  # no tensors at all
 
@@ -132,13 +134,20 @@ def test_cuda_with_gradients_runs_plainly():
 
 
 @CUDA
-def test_cuda_compiled_fullgraph_refuses_a_graph_break():
+def test_cuda_maybe_graphed_captures_by_default_under_the_key():
+    cache = CodeCache()
+    x = torch.tensor([1.0, 2.0], device="cuda")
+    assert maybe_graphed(cache, ("k",), affine, [x, None], {}).tolist() == [2.0, 4.0]
+    assert cache.keys() == [("affine", ("k",), _signature([x, None]), ())]
+    assert maybe_graphed(cache, ("k",), affine, [x, None], {}, enabled=False).tolist() == [2.0, 4.0]
+    assert len(cache) == 1
+
+
+def test_compiled_fullgraph_refuses_a_graph_break():
     def breaks(x: torch.Tensor) -> torch.Tensor:
         torch._dynamo.graph_break()
         return x + 1
 
-    import torch._dynamo
-
     cache = CodeCache()
-    with pytest.raises(torch._dynamo.exc.Unsupported):
-        cache.compiled(breaks)(torch.ones(2, device="cuda"))
+    with pytest.raises(torch._dynamo.exc.Unsupported):  # raised while tracing, before any code generation
+        cache.compiled(breaks)(torch.ones(2))

@@ -85,3 +85,13 @@ def test_member_sums_of_half_on_cuda_with_and_without_gradients():
     assert leaf.grad.tolist() == [[[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]]]
     with torch.no_grad():
         assert member_sums(oh, leaf).tolist() == [[[4.0, 7.0], [10.0, 20.0]]]
+
+
+def test_codebook_means_empty_code_scale_is_per_video():
+    # video 0: token norms 3 and 5 -> scale 4; video 1: norms 1 and 1 -> scale 1; code 1 is empty in both
+    x = torch.tensor([[[3.0, 0.0], [0.0, 5.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    labels = torch.zeros(2, 2, dtype=torch.long)
+    centroids = torch.tensor([[[1.0, 0.0], [0.6, 0.8]], [[1.0, 0.0], [0.0, 1.0]]])
+    book, counts = codebook_means(x, labels, 2, centroids)
+    assert counts.tolist() == [[2.0, 0.0], [2.0, 0.0]]
+    torch.testing.assert_close(book, torch.tensor([[[1.5, 2.5], [2.4, 3.2]], [[0.5, 0.5], [0.0, 1.0]]]))
