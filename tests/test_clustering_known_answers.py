@@ -1,5 +1,5 @@
 """Known answers for the clustering of issue 16 (small shapes; the real-shape suite is
-llava_vqtoken/benchmarks/clustering.py, results in docs/BENCHMARKS.md section 6)."""
+llava_vqtoken/benchmarks/clustering.py, results in docs/BENCHMARKS.md section 8)."""
 
 import math
 

@@ -7,7 +7,7 @@ fit by the adjusted Rand index (ARI) against the truth and by its inertia agains
 fit; the adaptive cases record the chosen K against the number of objects.
 
 ``python -m llava_vqtoken.benchmarks.clustering --help``; results go to a JSON file and a Markdown
-table (docs/BENCHMARKS.md, section 6).
+table (docs/BENCHMARKS.md, section 8).
 """
 
 from __future__ import annotations
