@@ -68,6 +68,7 @@ def assert_same_end(model, data, tmp_path, *extra):
     assert run(model, data, cut, *extra) == 0
     summary = json.loads((cut / "train_summary.json").read_text())
     assert summary["resumed_from"].endswith("checkpoint-2")
+    assert summary["truncated_samples"] == {} and summary["skipped_videos"] == []
     a, b = weights(whole), weights(cut)
     assert a.keys() == b.keys() and a
     differ = [k for k in a if not torch.equal(a[k], b[k])]

@@ -348,7 +348,8 @@ def train(argv: list[str] | None = None) -> int:
     save_final(trainer, final, merge_lora=args.lora and not zero3)
     if trainer.is_world_process_zero():
         proc.save_pretrained(final)
-        summary = {"losses": record.losses, "skipped_videos": sorted(dataset.skipped), "final": str(final),
+        summary = {"losses": record.losses, "skipped_videos": sorted(dataset.skipped),
+                   "truncated_samples": dataset.truncated, "final": str(final),
                    "param_groups": record.groups, "resumed_from": resume, "ranks": ranks,
                    "frames": args.frames, "short_videos": dataset.short_videos,
                    "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
