@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -315,10 +316,14 @@ def run_compress(a: argparse.Namespace) -> dict[str, Any]:
 def run_export(a: argparse.Namespace) -> str:
     from .hosts.hf.export import export_remote_code
     from .hosts.hf.load import load_model
+    from .hosts.hf.tiny import RANDOM_MARKER, is_random
 
     check_model_dir(a.model)
     loaded = load_model(a.model, overrides_from_args(a), a.override_spec, note=_note)
-    return str(export_remote_code(loaded.model, loaded.processor, a.out))
+    out = export_remote_code(loaded.model, loaded.processor, a.out)
+    if is_random(a.model):  # a converted random model is still random: every later report must say so
+        shutil.copy(Path(a.model) / RANDOM_MARKER, out / RANDOM_MARKER)
+    return str(out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -183,3 +183,15 @@ def test_compress_says_when_the_clip_is_shorter_than_frames(capsys, tiny_model, 
     assert (d["frames"], d["frames_asked"], d["clip_frames"]) == (6, 8, 6)  # all 6, none repeated
     assert d["tokens_in"] == 6 * 729 and d["key_map_shape"] == [6, 27, 27]
     assert f"{clip} has 6 frames, fewer than --frames 8: all 6 are used, none repeated" in err
+
+
+def test_export_of_a_random_model_stays_marked_random(capsys, tiny_model, tmp_path):
+    """export-remote of the embedded random model wrote a checkpoint that every later command (compress
+    --json's random_weights, eval reports) took for trained weights."""
+    from llava_vqtoken.hosts.hf.tiny import is_random
+
+    assert is_random(tiny_model)
+    out = tmp_path / "vq"
+    code, _, err = run_cli(capsys, "export-remote", "--model", str(tiny_model), "--out", str(out), "--num-tokens", "8")
+    assert code == 0, err
+    assert is_random(out)
