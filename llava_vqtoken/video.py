@@ -79,20 +79,11 @@ def load_video_counted(
     path: str | os.PathLike[str], num_frames: int, backend: str = "auto"
 ) -> tuple[np.ndarray, int]:
     """:func:`load_video`, plus the number of frames the clip really has (fewer than ``num_frames``: repeats)."""
-    path = str(path)
     if num_frames < 1:
         raise VideoError(f"number of frames must be >= 1, got {num_frames}")
-    if not os.path.exists(path):
-        raise VideoError(f"video not found: {path}")
-    if os.path.isdir(path):
-        raise VideoError(f"video path is a directory: {path}")
-    if os.path.getsize(path) == 0:
-        raise VideoError(f"video file is empty: {path}")
-    backends = list(_DECODERS) if backend == "auto" else [backend]
-    if backend != "auto" and backend not in _DECODERS:
-        raise VideoError(f"unknown video backend {backend!r}; choose from {', '.join(_DECODERS)}")
+    path = _checked_path(path)
     errors = []
-    for name in backends:
+    for name in _backends(backend):
         try:
             out, total = _DECODERS[name](path, num_frames)
         except VideoError:
@@ -101,7 +92,7 @@ def load_video_counted(
             errors.append(f"{name} not installed ({e})")
             continue
         except Exception as e:  # decoders raise many types for corrupt input
-            errors.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            errors.append(_decoder_error(name, e))
             continue
         if out.ndim != 4 or out.shape[0] == 0:
             raise VideoError(f"video has no frames: {path}")
@@ -174,7 +165,7 @@ def probe_video(path: str | os.PathLike[str], backend: str = "auto") -> tuple[in
             errors.append(f"{name} not installed ({e})")
             continue
         except Exception as e:  # decoders raise many types for corrupt input
-            errors.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            errors.append(_decoder_error(name, e))
             continue
         if total < 1:
             raise VideoError(f"video has no frames: {path}")
@@ -224,6 +215,11 @@ def _checked_path(path: str | os.PathLike[str]) -> str:
     if os.path.getsize(path) == 0:
         raise VideoError(f"video file is empty: {path}")
     return path
+
+
+def _decoder_error(name: str, e: Exception) -> str:
+    """One line for a decoder's failure: its first line, or its type when it has no text."""
+    return f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
 
 
 def _backends(backend: str) -> list[str]:
