@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="compress one video and report token counts")
     c.add_argument("--video", help="video file (default: a generated clip of moving shapes)")
     c.add_argument("--model", help="transformers LLaVA-OneVision directory (default: tiny random model, built locally)")
+    c.add_argument("--cache-dir", help="where the built-in tiny model and the demo clip are written "
+                   "(default: ~/.cache/llava_vqtoken)")
     c.add_argument("--frames", type=int, default=None,
                    help="frames sampled uniformly (default 32); with --fps, the most frames (then uniformly)")
     c.add_argument("--fps", type=float, default=None,
@@ -142,13 +144,13 @@ def check_compress_args(a: argparse.Namespace) -> None:
 
 
 def compress_video_path(a: argparse.Namespace) -> str:
-    """--video, or the generated demo clip (written once)."""
+    """--video, or the generated demo clip (written once, in --cache-dir)."""
     from .hosts.hf.tiny import default_cache
     from .video import make_video
 
     if a.video is not None:
         return a.video
-    video = str(default_cache() / "demo_moving_shapes.mp4")
+    video = str(Path(a.cache_dir or default_cache()) / "demo_moving_shapes.mp4")
     if not Path(video).exists():
         make_video(video, frames=64)
     _note(f"no --video given: using the generated clip {video}")
@@ -298,7 +300,7 @@ def run_compress(a: argparse.Namespace) -> dict[str, Any]:
     check_compress_args(a)
     video = compress_video_path(a)
     plan = frame_plan(a, video)
-    model_dir = a.model or str(build_tiny_llava_onevision())
+    model_dir = a.model or str(build_tiny_llava_onevision(cache_dir=a.cache_dir))
     if is_random(model_dir):
         _note(f"model {model_dir} has RANDOM weights (tiny built-in default): token counts are real, outputs are not")
     loaded = load_model(model_dir, overrides_from_args(a), a.override_spec, note=_note)

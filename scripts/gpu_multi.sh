@@ -9,17 +9,17 @@
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 DS_BUILD_OPS=0 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/deepspeed-*.tar.gz || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 LLAVA_VQTOKEN_CACHE=/tmp/cache TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, transformers, deepspeed; print(torch.__version__, transformers.__version__, deepspeed.__version__)"
-python3 -c "from llava_vqtoken.hosts.hf.tiny import build_tiny_llava_onevision as b; print(b(preset='0.5b'))" || exit 1
+python3 -c "from llava_vqtoken.hosts.hf.tiny import build_tiny_llava_onevision as b; print(b(preset='0.5b', cache_dir='/tmp/cache'))" || exit 1
 STEPS=${STEPS:-30}
 for stage in ${STAGES-zero2 zero3}; do
   for n in ${NPROCS:-1 2}; do
     gen=--no-generate; [ "$stage" = zero3 ] && [ "$n" = 2 ] && gen=
     echo "=== $stage, $n process(es)"
     timeout ${RUN_TIMEOUT:-200} torchrun --nproc_per_node "$n" --master_port $((29500 + n)) -m llava_vqtoken.train.hf_train \
-      --preset 0.5b --data .gpu/data/data.json --output-dir /tmp/run-$stage-$n --deepspeed $stage --bf16 \
+      --preset 0.5b --cache-dir /tmp/cache --data .gpu/data/data.json --output-dir /tmp/run-$stage-$n --deepspeed $stage --bf16 \
       --max-steps $STEPS --batch-size 2 --frames 8 --save-steps $STEPS --logging-steps 5 --num-tokens 32 \
       --lr 1e-4 --projector-lr 1e-3 --compressor-lr 1e-3 $gen > "$OUT/log-$stage-$n.txt" 2>&1
     echo "rc=$?"

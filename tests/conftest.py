@@ -9,16 +9,14 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    d = Path(os.environ.get("LLAVA_VQTOKEN_TEST_CACHE", tmp_path_factory.mktemp("cache")))
-    os.environ["LLAVA_VQTOKEN_CACHE"] = str(d)
-    return d
+    return Path(os.environ.get("LLAVA_VQTOKEN_TEST_CACHE", tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture(scope="session")
 def tiny_model(cache_dir) -> Path:
     from llava_vqtoken.hosts.hf.tiny import build_tiny_llava_onevision
 
-    return build_tiny_llava_onevision()
+    return build_tiny_llava_onevision(cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ def run_cli(capsys, *args):
 def test_compress_json_fields(capsys, tiny_model, video_file, tmp_path):
     heat = tmp_path / "heat.png"
     code, out, err = run_cli(
-        capsys, "compress", "--video", str(video_file), "--frames", "8", "--num-tokens", "16",
-        "--heatmap", str(heat), "--json",
+        capsys, "compress", "--model", str(tiny_model), "--video", str(video_file), "--frames", "8",
+        "--num-tokens", "16", "--heatmap", str(heat), "--json",
     )
     assert code == 0, err
     assert "RANDOM weights" in err
@@ -33,20 +33,23 @@ def test_compress_json_fields(capsys, tiny_model, video_file, tmp_path):
 
 
 def test_compress_is_deterministic(capsys, tiny_model, video_file):
-    args = ("compress", "--video", str(video_file), "--frames", "4", "--num-tokens", "8", "--json")
+    args = ("compress", "--model", str(tiny_model), "--video", str(video_file), "--frames", "4", "--num-tokens", "8",
+            "--json")
     h = [json.loads(run_cli(capsys, *args)[1].strip().splitlines()[-1])["key_map_sha256"] for _ in range(2)]
     assert h[0] == h[1]
 
 
 def test_adaptive_and_baseline(capsys, tiny_model, video_file):
     code, out, _ = run_cli(
-        capsys, "compress", "--video", str(video_file), "--frames", "4", "--adaptive", "silhouette",
+        capsys, "compress", "--model", str(tiny_model), "--video", str(video_file), "--frames", "4",
+        "--adaptive", "silhouette",
         "--min-codes", "4", "--max-codes", "12", "--json",
     )
     d = json.loads(out.strip().splitlines()[-1])
     assert code == 0 and 4 <= d["num_codes"] <= 12 and d["tokens_out"] == d["num_codes"] + 1
     code, out, _ = run_cli(
-        capsys, "compress", "--video", str(video_file), "--frames", "4", "--compressor", "pool", "--json"
+        capsys, "compress", "--model", str(tiny_model), "--video", str(video_file), "--frames", "4",
+        "--compressor", "pool", "--json",
     )
     d = json.loads(out.strip().splitlines()[-1])
     assert code == 0 and d["tokens_out"] == 4 * 196 + 1 and d["num_codes"] is None
@@ -86,7 +89,7 @@ def test_bad_input_exit_2_one_line(capsys, tiny_model, video_file, tmp_path, cas
     args = [a.format(corrupt=corrupt, zero=zero) for a in args]
     if "--video" not in args:
         args += ["--video", str(video_file)]
-    code, out, err = run_cli(capsys, "compress", *args)
+    code, out, err = run_cli(capsys, "compress", "--model", str(tiny_model), *args)
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("llava-vqtoken: error:")]
     assert len(lines) == 1 and message in lines[0], err
@@ -177,7 +180,8 @@ def test_compress_says_when_the_clip_is_shorter_than_frames(capsys, tiny_model, 
     from llava_vqtoken.video import make_video
 
     clip = make_video(tmp_path / "six.mp4", frames=6, height=32, width=32)
-    code, out, err = run_cli(capsys, "compress", "--video", str(clip), "--frames", "8", "--num-tokens", "8", "--json")
+    code, out, err = run_cli(capsys, "compress", "--model", str(tiny_model), "--video", str(clip), "--frames", "8",
+                             "--num-tokens", "8", "--json")
     assert code == 0, err
     d = json.loads(out.strip().splitlines()[-1])
     assert (d["frames"], d["frames_asked"], d["clip_frames"]) == (6, 8, 6)  # all 6, none repeated

@@ -219,7 +219,8 @@ def test_cli_streams_long_clips_and_matches_in_memory(capsys, tiny_model, video_
     from llava_vqtoken.cli import main
 
     def run(*extra):
-        code = main(["compress", "--video", str(video_file), "--num-tokens", "8", "--json", *extra])
+        code = main(["compress", "--model", str(tiny_model), "--video", str(video_file), "--num-tokens", "8", "--json",
+                     *extra])
         out, err = capsys.readouterr()
         assert code == 0, err
         return json.loads(out.strip().splitlines()[-1]), err

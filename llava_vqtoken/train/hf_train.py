@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", help="LLaVA-OneVision or VQToken checkpoint dir (default: a random model, --preset)")
     p.add_argument("--preset", default="tiny", choices=["tiny", "0.5b"],
                    help="shape of the random default model: tiny (CPU) or 0.5b (SigLIP-so400m + Qwen2-0.5B)")
+    p.add_argument("--cache-dir", help="folder of the random default model (default: ~/.cache/llava_vqtoken)")
     p.add_argument("--data", help="LLaVA-Video-178K-style JSON (default: a generated demo set)")
     p.add_argument("--output-dir", default="runs/train-demo")
     p.add_argument("--frames", type=int, default=8)
@@ -105,7 +106,8 @@ def build(args: argparse.Namespace):
     from ..hosts.hf.load import load_model
     from ..hosts.hf.tiny import build_tiny_llava_onevision, is_random
 
-    model_dir = args.model or str(build_tiny_llava_onevision(preset=None if args.preset == "tiny" else args.preset))
+    preset = None if args.preset == "tiny" else args.preset
+    model_dir = args.model or str(build_tiny_llava_onevision(preset=preset, cache_dir=args.cache_dir))
     if is_random(model_dir):
         log.warning("model %s has RANDOM weights (tiny built-in default)", model_dir)
     dtype = torch.bfloat16 if args.bf16 else torch.float32

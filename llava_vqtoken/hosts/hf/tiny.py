@@ -25,7 +25,8 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("LLAVA_VQTOKEN_CACHE", Path.home() / ".cache" / "llava_vqtoken"))
+    """Where the built-in random models (and the CLI's demo clip) go unless a ``cache_dir`` is given."""
+    return Path.home() / ".cache" / "llava_vqtoken"
 
 
 def build_tokenizer():
@@ -72,16 +73,15 @@ def build_tiny_llava_onevision(
     text_hidden: int = 64,
     seed: int = 0,
     preset: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Create (once) and return the directory of a random LLaVA-OneVision checkpoint (tiny by default;
-    ``preset="0.5b"`` gives the real 0.5B shapes with the small tokenizer)."""
+    ``preset="0.5b"`` gives the real 0.5B shapes with the small tokenizer): ``out_dir``, else a folder
+    named after the shapes and the seed in ``cache_dir`` (default: :func:`default_cache`)."""
     import torch
     from transformers import (
         LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
-        LlavaOnevisionImageProcessor,
-        LlavaOnevisionProcessor,
-        LlavaOnevisionVideoProcessor,
         Qwen2Config,
         SiglipVisionConfig,
     )
@@ -92,7 +92,7 @@ def build_tiny_llava_onevision(
     }
     tag = preset or f"v{vision_hidden}-t{text_hidden}"
     name = f"tiny-llava-ov-{image_size}px-{tag}-s{seed}"
-    out = Path(out_dir) if out_dir is not None else default_cache() / name
+    out = Path(out_dir) if out_dir is not None else Path(default_cache() if cache_dir is None else cache_dir) / name
     if (out / RANDOM_MARKER).exists() and (out / "config.json").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -117,9 +117,18 @@ def build_tiny_llava_onevision(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
+    _save_processor(out, tokenizer, config.image_grid_pinpoints, image_size, patch_size)
+    (out / RANDOM_MARKER).write_text("This checkpoint has random weights; it exists to exercise the code.\n")
+    return out
+
+
+def _save_processor(out: Path, tokenizer, pinpoints: list[list[int]], image_size: int, patch_size: int) -> None:
+    """The processor of the random checkpoint: frames resized to ``image_size``, the small tokenizer."""
+    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
     size = {"height": image_size, "width": image_size}
     processor = LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=config.image_grid_pinpoints),
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints),
         video_processor=LlavaOnevisionVideoProcessor(size=size),
         tokenizer=tokenizer,
         num_image_tokens=(image_size // patch_size) ** 2,
@@ -127,8 +136,6 @@ def build_tiny_llava_onevision(
         chat_template=CHAT_TEMPLATE,
     )
     processor.save_pretrained(out)
-    (out / RANDOM_MARKER).write_text("This checkpoint has random weights; it exists to exercise the code.\n")
-    return out
 
 
 def is_random(model_dir: str | os.PathLike[str]) -> bool:

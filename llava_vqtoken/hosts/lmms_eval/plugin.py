@@ -232,6 +232,7 @@ class VQTokenHF(VideoLmms):
         stats_file: str | None = None,
         attn_implementation: str | None = None,
         override_spec: bool | str = False,
+        cache_dir: str | None = None,
         **model_args: Any,
     ) -> None:
         super().__init__()
@@ -244,7 +245,7 @@ class VQTokenHF(VideoLmms):
         torch_dtype = DTYPES[dtype]
         if torch_dtype is None:
             torch_dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
-        path = pretrained or str(build_tiny_llava_onevision())
+        path = pretrained or str(build_tiny_llava_onevision(cache_dir=cache_dir))
         loaded = load_model(path, spec, parse_bool("override_spec", override_spec), dtype=torch_dtype,
                             attn_implementation=attn_implementation)
         self.model = loaded.model.to(self._device).eval()

@@ -1,0 +1,48 @@
+"""Leftovers of the tidy-up (issue 15): explicit cache folders instead of an environment switch, and
+one-line refusals of values the config does not know."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+# ---------------------------------------------------------------- the cache folder is an argument
+
+
+def test_the_default_cache_ignores_the_environment(monkeypatch, tmp_path):
+    from llava_vqtoken.hosts.hf.tiny import default_cache
+
+    monkeypatch.setenv("LLAVA_VQTOKEN_CACHE", str(tmp_path))
+    assert default_cache() == Path.home() / ".cache" / "llava_vqtoken"
+
+
+def test_the_tiny_model_goes_into_the_cache_dir_it_is_given(cache_dir, tiny_model):
+    from llava_vqtoken.hosts.hf.tiny import build_tiny_llava_onevision, is_random
+
+    again = build_tiny_llava_onevision(cache_dir=cache_dir)
+    assert again == tiny_model and again.parent == cache_dir and is_random(again)
+
+
+def test_compress_writes_the_demo_clip_and_the_model_into_cache_dir(capsys, cache_dir, tiny_model):
+    from llava_vqtoken.cli import main
+
+    code = main(["compress", "--cache-dir", str(cache_dir), "--frames", "4", "--num-tokens", "8", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    d = json.loads(out.strip().splitlines()[-1])
+    assert d["model"] == str(tiny_model) and d["random_weights"] is True
+    assert (cache_dir / "demo_moving_shapes.mp4").is_file()
+    assert f"using the generated clip {cache_dir / 'demo_moving_shapes.mp4'}" in err
+
+
+def test_train_builds_its_default_model_in_cache_dir(cache_dir, tiny_model):
+    from llava_vqtoken.train.hf_train import build, parse_args
+
+    model, _ = build(parse_args(["--cache-dir", str(cache_dir)]))
+    assert Path(model.config._name_or_path) == tiny_model
+
+
+def test_the_lmms_eval_model_takes_cache_dir_as_a_model_arg():
+    from llava_vqtoken.hosts.lmms_eval.plugin import check_model_args
+
+    check_model_args("hf", {"cache_dir": "/somewhere"})  # a named argument, not an unknown model_arg
