@@ -18,6 +18,7 @@ from typing import Any
 
 from .config import CheckpointError, CompressorConfig, ConfigError
 from .config_flags import EXIT_BAD_INPUT, OneLineParser, add_compressor_args, model_dir_problem, overrides_from_args
+from .shapes import GRID, QWEN2, VIDEO_FRAMES
 from .spec_rule import resolve_spec
 
 
@@ -49,9 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="time the compressor and the end-to-end pipeline (GPU numbers need CUDA)")
     b.add_argument("--device", default="cuda" if _cuda() else "cpu")
     b.add_argument("--parts", nargs="+", default=["compressor", "e2e"], choices=["compressor", "e2e"])
-    b.add_argument("--frames", type=int, default=32)
-    b.add_argument("--grid", type=int, default=27)
-    b.add_argument("--width", type=int, default=896)
+    b.add_argument("--frames", type=int, default=VIDEO_FRAMES)
+    b.add_argument("--grid", type=int, default=GRID)
+    b.add_argument("--width", type=int, default=QWEN2["0.5b"]["hidden_size"])
     b.add_argument("--llms", nargs="+", default=None, help="0.5b 7b (GPU default) or tiny (CPU default)")
     b.add_argument("--vision", default=None, help="so400m (GPU default) or tiny (CPU default)")
     b.add_argument("--batches", nargs="+", type=int, default=[1, 8])

@@ -32,6 +32,14 @@ SIGLIP = _frozen({
 })
 
 
+#: LLaVA-OneVision's vision grid per frame: SigLIP-so400m/14 at 384 px gives 27 x 27 patches
+GRID = SIGLIP["so400m"]["image_size"] // SIGLIP["so400m"]["patch_size"]
+#: visual tokens per frame before any pooling or compression (27 x 27 = 729)
+FRAME_TOKENS = GRID * GRID
+#: frames per video of the paper's setting (32 x 729 = 23,328 tokens: its 100%)
+VIDEO_FRAMES = 32
+
+
 def without(shape: Mapping[str, Any], *keys: str) -> dict[str, Any]:
     """A copy of ``shape`` without ``keys`` (e.g. the vocabulary size, where the tokenizer decides it)."""
     return {k: v for k, v in shape.items() if k not in keys}

@@ -6,9 +6,11 @@ from torch.profiler import ProfilerActivity, profile
 from llava_vqtoken.benchmarks.bench import structured_features
 from llava_vqtoken.core import cosine_kmeans
 from llava_vqtoken.core.adaptive import adaptive_kmeans
+from llava_vqtoken.shapes import GRID, QWEN2, VIDEO_FRAMES
 
 dev = torch.device("cuda")
-x = structured_features(1, 32, 27, 27, 896, 48, dev, torch.bfloat16).reshape(1, -1, 896)
+width = QWEN2["0.5b"]["hidden_size"]
+x = structured_features(1, VIDEO_FRAMES, GRID, GRID, width, 48, dev, torch.bfloat16).reshape(1, -1, width)
 for _ in range(3):
     cosine_kmeans(x, 32, cuda_graphs=False)
     adaptive_kmeans(x, 8, 64, cuda_graphs=False)

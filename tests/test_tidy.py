@@ -4,8 +4,6 @@ one-line refusals of values the config does not know."""
 import json
 from pathlib import Path
 
-import pytest
-
 # ---------------------------------------------------------------- the cache folder is an argument
 
 
@@ -46,3 +44,16 @@ def test_the_lmms_eval_model_takes_cache_dir_as_a_model_arg():
     from llava_vqtoken.hosts.lmms_eval.plugin import check_model_args
 
     check_model_args("hf", {"cache_dir": "/somewhere"})  # a named argument, not an unknown model_arg
+
+
+# ---------------------------------------------------------------- one shape table
+
+
+def test_the_shape_constants_are_the_real_geometry():
+    from llava_vqtoken.benchmarks.clustering import REAL_DIM, REAL_TOKENS
+    from llava_vqtoken.benchmarks.streaming import STOCK_PER_FRAME
+    from llava_vqtoken.core.metrics import REFERENCE_TOKENS
+    from llava_vqtoken.shapes import FRAME_TOKENS, GRID, VIDEO_FRAMES
+
+    assert (GRID, FRAME_TOKENS, VIDEO_FRAMES) == (27, 729, 32)
+    assert REAL_TOKENS == REFERENCE_TOKENS == 23_328 and REAL_DIM == 896 and STOCK_PER_FRAME == 14 * 14

@@ -27,13 +27,12 @@ from tqdm import tqdm
 
 from ..core.adaptive import adaptive_kmeans
 from ..core.kmeans import cosine_kmeans
+from ..shapes import FRAME_TOKENS, GRID, QWEN2, VIDEO_FRAMES
 
-#: the real shape: 32 frames of a 27 x 27 grid, LLaVA-OneVision-0.5B's width
-REAL_TOKENS, REAL_DIM = 32 * 27 * 27, 896
+#: the real shape: 32 frames of a 27 x 27 grid, LLaVA-OneVision-0.5B's width (llava_vqtoken/shapes.py)
+REAL_TOKENS, REAL_DIM = VIDEO_FRAMES * FRAME_TOKENS, QWEN2["0.5b"]["hidden_size"]
 #: per-coordinate noise of the blobs (the issue's audit used 0.03)
 NOISE = 0.03
-#: tokens per frame of the static-clip cases
-FRAME_TOKENS = 27 * 27
 #: a run counts as recovered when its ARI reaches this
 ARI_OK = 0.99
 
@@ -232,8 +231,9 @@ def run_cost(device: torch.device, reps: int, iters: int) -> dict[str, float]:
     from .bench import structured_features, timeit
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    x1 = structured_features(1, 32, 27, 27, REAL_DIM, 48, device, dtype).reshape(1, REAL_TOKENS, REAL_DIM)
-    x8 = structured_features(8, 32, 27, 27, REAL_DIM, 48, device, dtype, seed=1).reshape(8, REAL_TOKENS, REAL_DIM)
+    x1 = structured_features(1, VIDEO_FRAMES, GRID, GRID, REAL_DIM, 48, device, dtype).reshape(1, REAL_TOKENS, REAL_DIM)
+    x8 = structured_features(8, VIDEO_FRAMES, GRID, GRID, REAL_DIM, 48, device, dtype, seed=1).reshape(
+        8, REAL_TOKENS, REAL_DIM)
     cache = CodeCache()
     rows = {}
     for name, fn in [

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,11 +24,12 @@ import torch
 
 from ..config import CompressorConfig
 from ..core.baselines import pool_tokens
+from ..shapes import GRID
 from .bench import QWEN, SIGLIP
 
 TEXT_TOKENS = 64
 #: stock LLaVA-OneVision tokens per frame after its 2x pooling (27 x 27 -> 14 x 14)
-STOCK_PER_FRAME = 196
+STOCK_PER_FRAME = math.ceil(GRID / 2) ** 2
 
 
 def build_model(num_tokens: int, chunk: int, device: torch.device, preset: str = "0.5b"):

@@ -67,8 +67,8 @@ PRESETS = {
 
 def build_tiny_llava_onevision(
     out_dir: str | os.PathLike[str] | None = None,
-    image_size: int = 384,
-    patch_size: int = 14,
+    image_size: int = SIGLIP["tiny"]["image_size"],
+    patch_size: int = SIGLIP["tiny"]["patch_size"],
     vision_hidden: int = 32,
     text_hidden: int = 64,
     seed: int = 0,
