@@ -22,8 +22,6 @@ def _split_budget(per_frame: int, height: int, width: int) -> tuple[int, int]:
     best = (1, 1)
     for h in range(1, min(height, per_frame) + 1):
         w = min(width, per_frame // h)
-        if w < 1:
-            break
         score = (h * w, -abs(math.log((h / w) / (height / width))))
         if score > (best[0] * best[1], -abs(math.log((best[0] / best[1]) / (height / width)))):
             best = (h, w)
