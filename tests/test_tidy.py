@@ -4,6 +4,8 @@ one-line refusals of values the config does not know."""
 import json
 from pathlib import Path
 
+import pytest
+
 # ---------------------------------------------------------------- the cache folder is an argument
 
 
@@ -57,3 +59,24 @@ def test_the_shape_constants_are_the_real_geometry():
 
     assert (GRID, FRAME_TOKENS, VIDEO_FRAMES) == (27, 729, 32)
     assert REAL_TOKENS == REFERENCE_TOKENS == 23_328 and REAL_DIM == 896 and STOCK_PER_FRAME == 14 * 14
+
+
+# ---------------------------------------------------------------- VQ-Attention's footprint names
+
+
+@pytest.mark.parametrize("footprint", ["Motion", "motion ", "joint", ""])
+def test_vq_attention_refuses_an_unknown_footprint_in_one_line(footprint):
+    from llava_vqtoken.config import FOOTPRINT
+    from llava_vqtoken.core.vq_attention import VQAttention
+
+    with pytest.raises(ValueError) as e:
+        VQAttention(16, heads=2, footprint=footprint)
+    assert str(e.value) == f"footprint {footprint!r} is not one of {', '.join(FOOTPRINT)}"
+    assert "\n" not in str(e.value) and "marginal, motion" in str(e.value)
+
+
+@pytest.mark.parametrize("footprint", ["marginal", "motion"])
+def test_vq_attention_takes_every_footprint_of_the_config(footprint):
+    from llava_vqtoken.core.vq_attention import VQAttention
+
+    assert VQAttention(16, heads=2, footprint=footprint).motion is (footprint == "motion")

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import FOOTPRINT
 from .kmeans import one_hot
 
 
@@ -99,6 +100,8 @@ class VQAttention(nn.Module):
         super().__init__()
         if dim % heads:
             raise ValueError(f"hidden size {dim} is not divisible by heads={heads}")
+        if footprint not in FOOTPRINT:
+            raise ValueError(f"footprint {footprint!r} is not one of {', '.join(FOOTPRINT)}")
         self.dim, self.heads, self.freqs, self.mode = dim, heads, freqs, mode
         self.motion = footprint == "motion"
         fdim = footprint_dim(freqs, self.motion)
