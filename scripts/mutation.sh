@@ -37,8 +37,7 @@ focused_tests() {
     llava_vqtoken/core/metrics.py) echo tests/test_metrics.py tests/test_mutation_metrics.py;;
     llava_vqtoken/config.py) echo tests/test_config_surface.py tests/test_mutation_config.py;;
     llava_vqtoken/core/kmeans.py) echo tests/test_kmeans.py tests/test_known_answers.py tests/test_mutation_kmeans.py;;
-    llava_vqtoken/core/adaptive.py)
-      echo tests/test_adaptive.py tests/test_known_answers.py tests/test_mutation_adaptive.py;;
+    llava_vqtoken/core/adaptive.py) echo tests/test_known_answers.py tests/test_mutation_adaptive.py;;
     llava_vqtoken/core/compressor.py) echo tests/test_compressor.py tests/test_mutation_compressor.py;;
     llava_vqtoken/core/streaming.py) echo tests/test_mutation_streaming.py;;  # test_streaming.py: 27 s, too slow
     *) return 1;;

@@ -642,3 +642,122 @@ def test_score_curves_keys_and_known_values():
     # second differences over 2..6: the largest is the first (D2 - 2 D3 + D4 ~ 200): K = 0 + 4
     assert (ch[0].k, ch[0].k_unclamped, ch[0].clamped) == (4, 4, None)
     assert ch[0].scores[3] == pytest.approx(_sse_of(x[0], truth), rel=1e-4)
+
+
+def test_clamps_low_and_high_with_the_unclamped_pick():
+    x, _ = _axes(3, 200)
+    for method in ["separation", "elbow", "silhouette"]:
+        _, ch = adaptive_kmeans(x, 4, 8, method, cuda_graphs=False)
+        assert (ch[0].k, ch[0].k_unclamped, ch[0].clamped) == (4, 3, "low"), method
+    x, truth = _axes(5, 200)
+    # k_max = 3: separation walks the last k_max + 2 merges (5 distinct groups); the elbow has no elbow
+    # below k_max + 2 (k_max + 1); the silhouette's best candidate is its last, k_max + 1; the release
+    # has one second difference over 1..3 (K = 0 + 4)
+    for method, pick in [("separation", 5), ("elbow", 4), ("silhouette", 4), ("elbow_released", 4)]:
+        res, ch = adaptive_kmeans(x, 1, 3, method, cuda_graphs=False)
+        assert (ch[0].k, ch[0].k_unclamped, ch[0].clamped) == (3, pick, "high"), method
+        assert res.counts[0].tolist().count(0.0) == 0 and res.labels[0].max() == 2
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_identical_tokens_take_the_lower_end(method):
+    x = torch.randn(1, 1, 8).expand(1, 60, 8).contiguous()
+    res, ch = adaptive_kmeans(x, 3, 6, method, cuda_graphs=False)
+    assert (ch[0].k, ch[0].k_unclamped, ch[0].clamped) == (3, 1, "low")
+    assert sorted(ch[0].scores) == list(range(1, 9))  # the distortion, K = 1 .. k_max + 2
+    assert max(ch[0].scores.values()) < 1e-4
+    _, ch = adaptive_kmeans(x, 1, 6, method, cuda_graphs=False)
+    assert (ch[0].k, ch[0].k_unclamped, ch[0].clamped) == (1, 1, None)
+    assert res.labels.shape == (1, 60) and res.centroids.shape == (1, 6, 8)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_nearly_identical_tokens_take_the_lower_end(method):
+    g = torch.Generator().manual_seed(1)
+    x = torch.ones(1, 1, 8) + 1e-5 * torch.randn(1, 60, 8, generator=g)
+    _, ch = adaptive_kmeans(x, 2, 6, method, cuda_graphs=False)
+    assert (ch[0].k, ch[0].k_unclamped, ch[0].clamped) == (2, 1, "low")
+
+
+def test_orthonormal_tokens_have_no_elbow():
+    # every partition of n orthonormal tokens into K groups has distortion n - K: a straight line,
+    # so the elbow rule asks for k_max + 1 codes (capped at the n tokens)
+    x = torch.eye(10)[None]
+    _, ch = adaptive_kmeans(x, 1, 6, "elbow", cuda_graphs=False)
+    assert (ch[0].k, ch[0].k_unclamped, ch[0].clamped) == (6, 7, "high")
+    assert ch[0].scores == pytest.approx({k: 10.0 - k for k in range(1, 9)}, abs=1e-5)
+    res, ch = adaptive_kmeans(x, 1, 10, "elbow", cuda_graphs=False)
+    assert (ch[0].k, ch[0].k_unclamped, ch[0].clamped) == (10, 10, None)
+    assert sorted(ch[0].scores) == list(range(1, 11))  # K up to n, not k_max + 2
+    assert sorted(res.labels[0].tolist()) == list(range(10))
+    res, ch = adaptive_kmeans(x, 1, 9, "elbow", cuda_graphs=False)
+    assert (ch[0].k, ch[0].k_unclamped, ch[0].clamped) == (9, 10, "high")
+    assert sorted(ch[0].scores) == list(range(1, 11))
+
+
+def test_outliers_are_no_object_for_the_separation_rule():
+    # three blobs of 200 and 7 outlier tokens: 607 tokens, K0 = 2 * (8 + 2) = 20 clusters, so a side
+    # needs 607 / (4 * 20) = 7.59 tokens to count: the outliers neither count nor stop the walk
+    x, _ = _axes(3, 200)
+    g = torch.Generator().manual_seed(5)
+    out = torch.eye(16)[10] + 0.05 * torch.randn(7, 16, generator=g)
+    x = torch.cat([x[0], out])[None]
+    _, ch = adaptive_kmeans(x, 1, 8, "separation", cuda_graphs=False)
+    assert (ch[0].k, ch[0].k_unclamped, ch[0].clamped) == (3, 3, None)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_repeated_frames_do_not_change_k(method):
+    x, truth = _axes(3, 100, seed=3)
+    _, once = adaptive_kmeans(x, 2, 8, method, cuda_graphs=False)
+    res, twice = adaptive_kmeans(x.repeat(1, 3, 1), 2, 8, method, cuda_graphs=False)
+    assert twice[0].k == once[0].k
+    if method != "elbow_released":
+        assert twice[0].k == 3
+        assert _same_partition(res.labels[0], truth.repeat(3))
+
+
+def test_a_batch_is_padded_to_max_codes_per_video():
+    a, ta = _axes(3, 200, seed=1)
+    b, tb = _axes(5, 120, seed=2)  # 600 tokens each
+    x = torch.cat([a, b])
+    for method in ["separation", "elbow", "silhouette"]:
+        res, ch = adaptive_kmeans(x, 2, 8, method, cuda_graphs=False)
+        assert [c.k for c in ch] == [3, 5], method
+        assert res.centroids.shape == (2, 8, 16) and res.counts.shape == (2, 8) and res.labels.shape == (2, 600)
+        assert res.counts[0].tolist() == [200.0] * 3 + [0.0] * 5
+        assert res.counts[1].tolist() == [120.0] * 5 + [0.0] * 3
+        assert res.labels[0].max() == 2 and res.labels[1].max() == 4
+        assert (res.centroids[0, 3:] == 0).all() and (res.centroids[1, 5:] == 0).all()
+        assert _same_partition(res.labels[0], ta) and _same_partition(res.labels[1], tb)
+
+
+def test_refined_centroids_are_the_normalised_group_means():
+    x, truth = _axes(3, 200)
+    xn = torch.nn.functional.normalize(x[0], dim=-1)
+    for iters in (0, 5):
+        res, ch = adaptive_kmeans(x, 2, 8, "elbow", refine_iters=iters, cuda_graphs=False)
+        assert ch[0].k == 3 and _same_partition(res.labels[0], truth)
+        for c in range(3):
+            mean = torch.nn.functional.normalize(xn[res.labels[0] == c].sum(0), dim=-1)
+            assert torch.allclose(res.centroids[0, c], mean, atol=1e-5), (iters, c)
+        assert (res.centroids[0, 3:] == 0).all()
+        cos = (xn * res.centroids[0, res.labels[0]]).sum(-1)
+        assert float(res.inertia[0]) == pytest.approx(float((1.0 - cos).sum()), rel=1e-4)
+
+
+def test_a_videos_choice_does_not_depend_on_its_batch_mates():
+    # with video ids, each video draws its own seeding and silhouette sample: a video alone and the same
+    # video second in a batch get the same scores (the sample of 50 of 400 tokens differs by stream)
+    a, ta = _axes(4, 100, seed=4)
+    b, _ = _axes(2, 200, seed=5)
+    _, alone = adaptive_kmeans(a, 2, 8, "silhouette", silhouette_sample=50, video_ids=[7], cuda_graphs=False)
+    res, both = adaptive_kmeans(torch.cat([b, a]), 2, 8, "silhouette", silhouette_sample=50, video_ids=[3, 7],
+                                cuda_graphs=False)
+    assert both[1].k == alone[0].k == 4 and both[0].k == 2
+    assert both[1].scores == pytest.approx(alone[0].scores, abs=1e-6)
+    assert _same_partition(res.labels[1], ta)
+    _, other = adaptive_kmeans(a, 2, 8, "silhouette", silhouette_sample=50, video_ids=[8], cuda_graphs=False)
+    assert other[0].scores != pytest.approx(alone[0].scores, abs=1e-6)
+    _, seeded = adaptive_kmeans(a, 2, 8, "silhouette", silhouette_sample=50, seed=1, video_ids=[7], cuda_graphs=False)
+    assert seeded[0].scores != pytest.approx(alone[0].scores, abs=1e-6)
