@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from llava_vqtoken.config import CompressorConfig
 from llava_vqtoken.core import build_compressor
-from llava_vqtoken.core.adaptive import adaptive_kmeans, gap_shares
+from llava_vqtoken.core.adaptive import adaptive_kmeans, gap_shares, value_halves
 from llava_vqtoken.core.compressor import CompressionError
 from llava_vqtoken.core.kmeans import (
     VideoStreams,
@@ -107,7 +107,9 @@ def test_store_refuses_a_spill_dir_that_is_not_a_cpu_folder(tmp_path):
         msg = f"spill_dir {where} must be an existing folder, with the store on the CPU"
         with pytest.raises(CompressionError, match=exact(msg)):
             FeatureStore(2, device, where)
-    assert FeatureStore(2, "meta").device == torch.device("meta")  # another device without spilling is fine
+    meta = FeatureStore(2, "meta")  # another device without spilling is fine: the blocks live there
+    meta.append(torch.ones(3, 1, 2, 4))
+    assert meta.block(0).device == torch.device("meta") and meta.block(1).shape == (1, 2, 4)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4), (1, 2, 3, 4, 5), (0, 2, 1, 3), (2, 0, 1, 3), (2, 2, 0, 3), (2, 2, 1, 0)])
@@ -202,7 +204,7 @@ def test_gather_returns_the_tokens_asked_for_in_that_order(tmp_path, spill):
     assert got.dtype == torch.float32 and torch.equal(got, flat(x)[idx])
     assert store.gather(torch.tensor([], dtype=torch.long), CPU).shape == (0, 3)
     bf = store_of(x.bfloat16(), 4, 5)
-    assert torch.equal(bf.gather(idx, CPU), flat(x.bfloat16())[idx])
+    assert bf.gather(idx, CPU).dtype == torch.bfloat16 and torch.equal(bf.gather(idx, CPU), flat(x.bfloat16())[idx])
 
 
 # ---------------------------------------------------------------- the worst-fitted segment rule
@@ -224,6 +226,7 @@ def test_worst_fitted_tokens_by_hand(blocks):
     # segment 0: tokens 1 and 2 tie at 0.5 -> the first (across a block boundary too); segment 1: token 4;
     # segment 2: all fit perfectly -> its first token; token 9 (the worst) is in no segment
     assert worst.idx.tolist() == [1, 4, 6] and worst.val.tolist() == [0.5, 0.875, 0.0]
+    assert worst.idx.dtype == worst.order().dtype == torch.long
     assert worst.order().tolist() == [4, 1, 6]
     assert worst.order().tolist() == _worst_fitted(best[None], 3)[0].tolist()
 
@@ -311,7 +314,9 @@ def centres_with_empty_codes(d: int = D) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("reseed", [False, True])
-@pytest.mark.parametrize("active", [None, [True, True, False, True, True], [True, True, True, True, False]])
+@pytest.mark.parametrize(
+    "active", [None, [True, True, False, True, True], [True, True, True, True, False], [True, False, True, True, True]]
+)
 def test_lloyd_step_equals_in_memory(reseed, active):
     x = torch.rand(5, 2, 3, D, generator=torch.Generator().manual_seed(4))  # positive: codes 2..4 get no member
     c = centres_with_empty_codes()
@@ -323,7 +328,8 @@ def test_lloyd_step_equals_in_memory(reseed, active):
         if act is not None:
             assert torch.equal(got[~act], c[~act])  # an inactive code never moves
     moved = ~torch.isclose(ref, c).all(dim=-1)
-    assert moved[2:].any() == reseed  # empty codes move only when re-seeded
+    if act is None or act[1]:
+        assert moved[2:].any() == reseed  # empty codes move only when re-seeded
 
 
 def test_lloyd_step_keeps_a_short_sum_at_unit_length():
@@ -465,7 +471,7 @@ def test_adaptive_choices_that_clamp():
     _, _, high, _ = streaming_adaptive(store_of(noise(), 2, 2), adaptive_cfg("elbow", 2, 4, iters=3), CPU)
     assert (high.k, high.k_unclamped, high.clamped) == (4, 5, "high")  # no elbow: k_max + 1
     _, _, top, _ = streaming_adaptive(store_of(noise(), 2, 2), adaptive_cfg("elbow", 3, 30, iters=2), CPU)
-    assert top.k_unclamped <= 30 and top.k <= 30
+    assert (top.k, top.k_unclamped, top.clamped) == (30, 30, None)  # no elbow, and no more codes than tokens
 
 
 def test_adaptive_max_codes_above_the_tokens():
@@ -478,6 +484,10 @@ def test_gap_shares_streamed_equal_in_memory(seed):
     x = noise(t=6, seed=seed)
     xn = normalize_tokens(flat(x))
     labels = (xn @ torch.randn(4, D, generator=torch.Generator().manual_seed(seed + 100)).T).argmax(dim=1)
+    if seed == 10:  # cluster 0 of one token in each half (the means' and counts' floors of 1 matter)
+        even = value_halves(xn)
+        labels[labels == 0] = 1
+        labels[even.nonzero()[0, 0]] = labels[(~even).nonzero()[0, 0]] = 0
     # merges: 0|1, 01|23, 2|3, 0|0 (a group with itself), nothing|3, 02|13
     side_i = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 0, 1, 0]], dtype=float)
     side_j = np.array([[0, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 1], [1, 0, 0, 0], [0, 0, 0, 1], [0, 1, 0, 1]], dtype=float)
@@ -510,13 +520,14 @@ def test_codebook_sums_by_hand(normalized, dtype):
 
 @pytest.mark.parametrize("motion", [False, True])
 @pytest.mark.parametrize(
-    ("t", "h", "w", "chunk"), [(7, 3, 4, 3), (7, 3, 4, 1), (5, 2, 3, 2), (4, 1, 3, 9), (1, 2, 2, 1)]
+    ("t", "h", "w", "chunk"), [(7, 3, 4, 3), (7, 3, 4, 1), (5, 2, 3, 2), (4, 1, 3, 9), (2, 3, 1, 1), (1, 2, 2, 1)]
 )
 def test_footprint_streamed_equals_footprint_stats(motion, t, h, w, chunk):
     key_map = torch.randint(0, 5, (t, h, w), generator=torch.Generator().manual_seed(t * h * w))
-    key_map[key_map == 3] = 4  # code 3 never occurs; code 5 is past every label
-    ref = footprint_stats(key_map[None], 6, 2, motion)
-    got = footprint_streamed(key_map, 6, 2, motion, chunk)
+    key_map[key_map == 3] = 4  # code 3 never occurs, code 6 is past every label
+    key_map[0, -1, 0] = 5  # code 5 occurs once, in the first frame only
+    ref = footprint_stats(key_map[None], 7, 2, motion)
+    got = footprint_streamed(key_map, 7, 2, motion, chunk)
     assert got.shape == ref.shape
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
 
@@ -646,3 +657,16 @@ def test_non_finite_features_and_outputs_are_reported():
     msg = "the compressor's output contains NaN or Inf although its input is finite; check its weights and dtype"
     with pytest.raises(CompressionError, match=exact(msg)):
         stream(bad, noise(d=16), 2, 2)
+
+
+@pytest.mark.xfail(strict=True, reason="streaming reports a codebook that overflows fp32 (finite input) as non-finite "
+                   "input; in memory the same video raises the 'output' error (finite = codebook & inertia)")
+def test_a_codebook_overflow_is_reported_as_the_in_memory_path_does():
+    x = torch.randn(3, 1, 2, 16, generator=torch.Generator().manual_seed(0))
+    x[..., 0] = 3e38  # finite tokens whose per-code sums overflow fp32
+    comp = build_compressor(CompressorConfig(num_tokens=2, attention="none"), 16).eval()
+    msg = "the compressor's output contains NaN or Inf although its input is finite; check its weights and dtype"
+    with pytest.raises(CompressionError, match=exact(msg)):
+        comp(x[None])
+    with pytest.raises(CompressionError, match=exact(msg)):
+        stream(comp, x, 2, 1)
