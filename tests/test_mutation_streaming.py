@@ -670,3 +670,22 @@ def test_a_codebook_overflow_is_reported_as_the_in_memory_path_does():
         comp(x[None])
     with pytest.raises(CompressionError, match=exact(msg)):
         stream(comp, x, 2, 1)
+
+
+def test_results_are_made_on_the_compute_device():
+    """On the meta device (shapes only, no values; a CPU tensor mixed in raises): every tensor of a
+    footprint, of the codebook sums and of a Lloyd step is made on the compute device."""
+    meta = torch.device("meta")
+    key_map = torch.randint(0, 5, (4, 2, 3), generator=torch.Generator().manual_seed(0)).to(meta)
+    for motion in (False, True):
+        fp = footprint_streamed(key_map, 7, 2, motion, 3)
+        assert fp.device == meta and fp.shape == footprint_stats(key_map[None], 7, 2, motion).shape
+    store = store_of(noise(), 2, 2)
+    sums, norms = codebook_sums(store, torch.zeros(30, dtype=torch.long, device=meta), 3, meta, True)
+    assert sums.device == norms.device == meta and sums.shape == (3, D) and norms.shape == ()
+    fit = StreamingFit(store, meta, 1e-4)
+    for active in (None, torch.ones(3, dtype=torch.bool, device=meta)):
+        new = fit.step(torch.zeros(3, D, device=meta), active, False)
+        assert new.device == meta and new.shape == (3, D)
+    assert store.gather(torch.tensor([4, 0]), meta).device == meta
+    assert all(x.device == meta for _, x in store.chunks(meta))
