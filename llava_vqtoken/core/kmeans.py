@@ -119,61 +119,91 @@ def draw_seed_noise(
     return SeedNoise(keys, first, race), m
 
 
-def gram_seed_step(min_d2: torch.Tensor, race: torch.Tensor, gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One greedy k-means++ step from the pool's Gram matrix: (new min distances [B, M], pick [B])."""
-    b, m = min_d2.shape
-    cand = (race / (min_d2[:, None, :] + 1e-12)).argmin(dim=2)  # [B, L]
-    sims = gram.gather(1, cand.unsqueeze(-1).expand(-1, -1, m))
-    new_min = torch.minimum(min_d2[:, None, :], (2.0 - 2.0 * sims.float()).clamp_min(0.0))  # [B, L, M]
-    best = new_min.sum(dim=2).argmin(dim=1)
-    rows = torch.arange(b, device=min_d2.device)
-    return new_min[rows, best], cand[rows, best]
+#: added to every squared seeding distance: keeps the race's division finite at a chosen token (the
+#: same offset for every candidate, so it changes nothing else)
+SEED_EPS = 1e-12
+
+
+def chord2(sims: torch.Tensor) -> torch.Tensor:
+    """Squared chord distance between unit vectors from their cosine, plus :data:`SEED_EPS` (fp32)."""
+    return (2.0 - 2.0 * sims.float()).clamp_min_(0.0).add_(SEED_EPS)
+
+
+def gram_seed_step(min_d2: torch.Tensor, race: torch.Tensor, d2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One greedy k-means++ step from the pool's distance matrix ``d2`` [B, M, M] (:func:`chord2`):
+    (new min distances [B, M], pick [B]). Nine kernels: it runs K times in a row."""
+    m = min_d2.shape[1]
+    cand = (race / min_d2[:, None, :]).argmin(dim=2)  # [B, L]: the race's winners, P ~ D^2
+    new_min = torch.minimum(min_d2[:, None, :], d2.gather(1, cand.unsqueeze(-1).expand(-1, -1, m)))  # [B, L, M]
+    best = new_min.sum(dim=2).argmin(dim=1, keepdim=True)  # [B, 1]: the candidate that lowers the potential most
+    return new_min.gather(1, best.unsqueeze(-1).expand(-1, 1, m))[:, 0], cand.gather(1, best)[:, 0]
+
+
+def _fused_seeding(d2: torch.Tensor, fused: bool | None) -> bool:
+    """Whether seeding runs as one Triton kernel (:mod:`.triton_seeding`): by default on CUDA where
+    triton is installed (it comes with CUDA builds of torch); ``fused=True`` insists."""
+    if fused is False or not d2.is_cuda:
+        if fused:
+            raise ValueError("fused seeding runs on CUDA only")
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        if fused:
+            raise ValueError("fused seeding needs triton (it comes with CUDA builds of torch)") from None
+        return False
+    return True
 
 
 def seed_centres(
-    xn: torch.Tensor, k: int, noise: SeedNoise, m: int, steps: CodeCache | None = None, use_gram: bool | None = None
+    xn: torch.Tensor, k: int, noise: SeedNoise, m: int, steps: CodeCache | None = None,
+    use_gram: bool | None = None, fused: bool | None = None,
 ) -> torch.Tensor:
     """Greedy k-means++ on unit vectors ``xn`` [B, N, D] -> [B, K, D] (fp32).
 
     Seeds come from a random subset of m tokens (all when N <= m), which keeps the K sequential
     steps cheap. Each step draws L candidates (2 + ln K, as scikit-learn does) with probability
     proportional to the squared chord distance to the nearest chosen seed and keeps the one that
-    lowers the total potential most. On CUDA the pool's Gram matrix is computed once (one
-    tensor-core matmul), so each step only gathers L rows of it instead of running a matmul.
+    lowers the total potential most. On CUDA the pool's distance matrix is computed once (one
+    tensor-core matmul), so each step only gathers L rows of it instead of running a matmul, and
+    all K steps run as one Triton kernel (``fused``, default on CUDA: :mod:`.triton_seeding`, same
+    rule and noise, picks equal up to fp32 rounding of the potentials).
     ``steps``: run each step through that cache's ``torch.compile`` (None: eager).
     """
     b, n, d = xn.shape
-    rows = torch.arange(b, device=xn.device)
     if noise.pool_keys is not None:
         idx = noise.pool_keys.topk(m, dim=1).indices
         pool = xn.gather(1, idx.unsqueeze(-1).expand(b, m, d))
     else:
         pool = xn
     use_gram = xn.is_cuda if use_gram is None else use_gram
-    gram = torch.bmm(pool, pool.transpose(1, 2)) if use_gram else None  # [B, M, M]
+    d2 = chord2(torch.bmm(pool, pool.transpose(1, 2))) if use_gram else None  # [B, M, M]
 
-    def dist2(index: torch.Tensor) -> torch.Tensor:
-        """Squared chord distance (2 - 2 cos) from pool tokens ``index`` [B, L] to the pool -> [B, L, M]."""
-        if gram is not None:
-            sims = gram.gather(1, index.unsqueeze(-1).expand(-1, -1, m))
-        else:
-            sims = torch.bmm(pool.gather(1, index.unsqueeze(-1).expand(-1, -1, d)), pool.transpose(1, 2))
-        return (2.0 - 2.0 * sims.float()).clamp_min_(0.0)
+    def rows(index: torch.Tensor) -> torch.Tensor:
+        """Squared chord distances from pool tokens ``index`` [B, L] to the pool -> [B, L, M]."""
+        if d2 is not None:
+            return d2.gather(1, index.unsqueeze(-1).expand(-1, -1, m))
+        return chord2(torch.bmm(pool.gather(1, index.unsqueeze(-1).expand(-1, -1, d)), pool.transpose(1, 2)))
 
     picked = torch.empty(b, k, dtype=torch.long, device=xn.device)
     picked[:, 0] = (noise.first * m).long().clamp_max(m - 1)
-    min_d2 = dist2(picked[:, :1])[:, 0]
-    if gram is not None:
+    if d2 is not None and steps is None and k > 1 and _fused_seeding(d2, fused):
+        from .triton_seeding import greedy_seed
+
+        picked = greedy_seed(d2, noise.race, picked[:, 0], k)
+        return pool.gather(1, picked.unsqueeze(-1).expand(-1, -1, d)).float()
+    min_d2 = rows(picked[:, :1])[:, 0]
+    if d2 is not None:
         step = gram_seed_step if steps is None else steps.compiled(gram_seed_step)
         for j in range(1, k):
-            min_d2, picked[:, j] = step(min_d2, noise.race[:, j - 1], gram)
-        return pool.gather(1, picked.unsqueeze(-1).expand(-1, -1, d)).float()
-    for j in range(1, k):
-        cand = (noise.race[:, j - 1] / (min_d2[:, None, :] + 1e-12)).argmin(dim=2)  # [B, L]
-        new_min = torch.minimum(min_d2[:, None, :], dist2(cand))  # [B, L, M]
-        best = new_min.sum(dim=2).argmin(dim=1)  # [B]
-        picked[:, j] = cand[rows, best]
-        min_d2 = new_min[rows, best]
+            min_d2, picked[:, j] = step(min_d2, noise.race[:, j - 1], d2)
+    else:
+        for j in range(1, k):
+            cand = (noise.race[:, j - 1] / min_d2[:, None, :]).argmin(dim=2)  # [B, L]
+            new_min = torch.minimum(min_d2[:, None, :], rows(cand))  # [B, L, M]
+            best = new_min.sum(dim=2).argmin(dim=1, keepdim=True)  # [B, 1]
+            picked[:, j] = cand.gather(1, best)[:, 0]
+            min_d2 = new_min.gather(1, best.unsqueeze(-1).expand(-1, 1, m))[:, 0]
     return pool.gather(1, picked.unsqueeze(-1).expand(-1, -1, d)).float()
 
 
@@ -275,39 +305,40 @@ OVERSAMPLE = 2
 OVERSEED_TRIALS = 16
 
 
-def ward_merge_down(sums: torch.Tensor, counts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ward agglomeration on the device, batched and free of host syncs: K0 clusters -> k groups.
+#: cost that keeps an empty cluster from being chosen while a non-empty one is left (finite, unlike a
+#: chosen cluster's infinite cost, so empty clusters still fill the budget on degenerate input)
+EMPTY_PENALTY = 1e30
 
-    ``sums`` [B, K0, D] per-cluster sums of the (unit) tokens, ``counts`` [B, K0]. Each of the K0 - k
-    steps merges, per video, the pair whose merge raises the summed squared distance to the group means
-    least, n_i n_j / (n_i + n_j) ||mu_i - mu_j||^2 (empty clusters first, at no cost). Returns
-    (``groups`` [B, K0]: each cluster's group in 0..k-1, numbered in the order of the clusters'
-    first members' indices; ``merged`` [B, k, D]: the groups' sums).
+
+def select_merge_down(sums: torch.Tensor, counts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K0 clusters -> k groups on the device, batched and free of host syncs.
+
+    Greedy k-means++ over the K0 cluster directions weighted by their member counts, trying every
+    cluster at each step (no sampling): the first centre is the weighted medoid, each next one the
+    cluster that lowers the count-weighted potential (squared chord distance to the nearest chosen
+    centre) most; then every cluster joins its nearest chosen centre. A missed small object holds
+    potential ~ members x 2 while a second centre in a covered object lowers it only by members x its
+    small offset, so every object keeps a centre. ``sums`` [B, K0, D] per-cluster sums of the (unit)
+    tokens, ``counts`` [B, K0]. Returns (``groups`` [B, K0]: each cluster's group, numbered in the
+    order the centres were chosen; ``merged`` [B, k, D]: the groups' sums).
     """
-    b, k0, d = sums.shape
-    s, n = sums.float().clone(), counts.float().clone()
-    alive = torch.ones(b, k0, dtype=torch.bool, device=sums.device)
-    group = torch.arange(k0, device=sums.device).expand(b, k0).clone()
-    eye = torch.eye(k0, dtype=torch.bool, device=sums.device)
-    for _ in range(k0 - k):
-        mu = s / n.clamp_min(1.0).unsqueeze(-1)
-        sq = mu.square().sum(dim=-1)
-        d2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(mu, mu.transpose(1, 2))).clamp_min(0.0)
-        cost = n[:, :, None] * n[:, None, :] / (n[:, :, None] + n[:, None, :]).clamp_min(1.0) * d2
-        dead = ~(alive[:, :, None] & alive[:, None, :]) | eye
-        flat = cost.masked_fill(dead, float("inf")).flatten(1).argmin(dim=1)
-        i, j = flat // k0, flat % k0
-        # elementwise masks only (no indexed writes of host scalars): capturable in a CUDA graph
-        into, gone = one_hot(i, k0), one_hot(j, k0)  # [B, K0]
-        s = (s + into.unsqueeze(-1) * (s * gone.unsqueeze(-1)).sum(dim=1, keepdim=True)) * (1.0 - gone).unsqueeze(-1)
-        n = (n + into * (n * gone).sum(dim=1, keepdim=True)) * (1.0 - gone)
-        alive = alive & (gone == 0)
-        group = torch.where(group == j[:, None], i[:, None], group)
-    order = (~alive).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # the k live clusters, in index order
-    slot = torch.zeros(b, k0, dtype=torch.long, device=sums.device).scatter_(
-        1, order, torch.arange(k, device=sums.device).expand(b, k)
-    )
-    return slot.gather(1, group), s.gather(1, order.unsqueeze(-1).expand(-1, -1, d))
+    b, k0, _ = sums.shape
+    w = counts.float()
+    mu = F.normalize(sums.float(), dim=-1, eps=1e-12)
+    d2 = (2.0 - 2.0 * torch.bmm(mu, mu.transpose(1, 2))).clamp_min(0.0)  # [B, K0, K0]
+    penalty = (w == 0).float() * EMPTY_PENALTY  # [B, K0]
+    cur = torch.full((b, k0), 4.0, device=sums.device)  # 4 = the largest squared chord: nothing chosen yet
+    taken = torch.zeros(b, k0, dtype=torch.bool, device=sums.device)
+    chosen = torch.empty(b, k, dtype=torch.long, device=sums.device)
+    for s in range(k):
+        pot = (torch.minimum(cur[:, None, :], d2) * w[:, None, :]).sum(dim=2) + penalty
+        best = pot.masked_fill(taken, float("inf")).argmin(dim=1, keepdim=True)  # [B, 1]
+        cur = torch.minimum(cur, d2.gather(1, best.unsqueeze(-1).expand(-1, 1, k0))[:, 0])
+        taken = taken | one_hot(best[:, 0], k0, torch.bool)
+        chosen[:, s] = best[:, 0]
+    groups = d2.gather(2, chosen.unsqueeze(1).expand(-1, k0, -1)).argmin(dim=2)  # [B, K0]: nearest chosen
+    groups = groups.scatter(1, chosen, torch.arange(k, device=sums.device).expand(b, k))  # each its own
+    return groups, torch.bmm(one_hot(groups, k).transpose(1, 2), sums.float())
 
 
 def cluster_sums(xn: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -326,9 +357,9 @@ def _fit(
 ):
     """Pure, sync-free fixed-K fit from pre-drawn noise (what gets captured as a CUDA graph).
 
-    With ``k0 > k`` (over-seeding): k-means++ seeds K0 centres, Lloyd fits them, Ward merges the K0
-    clusters down to K on the device, and Lloyd refines the K merged centroids. With ``k0 == k``: plain
-    k-means++ + Lloyd."""
+    With ``k0 > k`` (over-seeding): k-means++ seeds K0 centres, Lloyd fits them, the K0 clusters are
+    merged down to K on the device (:func:`select_merge_down`), and Lloyd refines the K merged
+    centroids. With ``k0 == k``: plain k-means++ + Lloyd."""
     xn = normalize_tokens(x)
     centres = seed_centres(xn, k0, SeedNoise(keys, first, race), m, steps=steps)
     if k0 == k:
@@ -336,7 +367,7 @@ def _fit(
         return r.centroids, r.labels, r.inertia, r.counts
     fit_iters, refine_iters = oversampled_iters(iters)
     r = lloyd(xn, centres, iters=fit_iters, tol=tol, steps=steps)
-    _, merged = ward_merge_down(cluster_sums(xn, r.labels, k0), r.counts, k)
+    _, merged = select_merge_down(cluster_sums(xn, r.labels, k0), r.counts, k)
     # a group of empty clusters (degenerate input, e.g. identical tokens) has no direction: keep a seed's
     init = torch.where((merged.abs().sum(dim=-1, keepdim=True) == 0), centres[:, :k], merged)
     r = lloyd(xn, F.normalize(init, dim=-1, eps=1e-12), iters=refine_iters, tol=tol, steps=steps)
@@ -366,7 +397,7 @@ def cosine_kmeans(
     """Cosine k-means on a batch of token sets ``x`` [B, N, D] (any float dtype; computed in fp32).
 
     ``oversample`` > 1 seeds min(oversample * K, N) centres, fits them (half of ``iters``), merges the
-    clusters down to K by Ward's criterion (:func:`ward_merge_down`) and refines (the other half):
+    clusters down to K (:func:`select_merge_down`) and refines (the other half):
     single-start k-means++ misses small or nearby clusters that the over-seeded fit finds
     (docs/CLUSTERING.md). ``oversample=1`` is plain greedy k-means++ + ``iters`` Lloyd steps.
     ``init`` [B, K, D] replaces seeding (warm start: Lloyd only). ``cuda_graphs`` replays a captured
