@@ -5,6 +5,8 @@
 #   scripts/mutation.sh --survivors FILES...   rerun only the last run's survivors (and "no tests") of FILES,
 #                                              after new tests; the other mutants keep their results
 #   MUTMUT_NAMES="PATTERN ..." scripts/mutation.sh FILES...   only the mutants whose names match (fnmatch)
+#   MUTMUT_CHILDREN=N (parallel mutants), MUTMUT_PYTHON=python3 (another interpreter than .venv's),
+#   MUTMUT_WHEELS=DIR (install locks/mutation.txt from the wheels in DIR, without a package index)
 #
 # Installs the exact versions of locks/mutation.txt into .mutmut-lib/ (never into .venv), copies the
 # package, the tests and pyproject.toml into .mutmut-work/ with a [tool.mutmut] section whose
@@ -73,7 +75,10 @@ done
 stamp="$LIB/.lock-$(sha256sum "$LOCK" | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   rm -rf "$LIB"
-  "$PY" -m pip install --quiet --no-deps --target "$LIB" -r "$LOCK" 2> >(grep -v "is ignored: it is neither" >&2)
+  # MUTMUT_WHEELS=DIR: install from wheels in DIR only (a machine without a package index, e.g. the GPU one)
+  offline=(); [ -n "${MUTMUT_WHEELS:-}" ] && offline=(--no-index --find-links "$MUTMUT_WHEELS")
+  "$PY" -m pip install --quiet --no-deps "${offline[@]}" --target "$LIB" -r "$LOCK" \
+    2> >(grep -v "is ignored: it is neither" >&2)
   touch "$stamp"
 fi
 
