@@ -421,6 +421,14 @@ def test_fixed_k_out_of_range(k):
 # ---------------------------------------------------------------- adaptive K against adaptive_kmeans
 
 
+def two_values() -> torch.Tensor:
+    """Row 0 of every frame is e0, row 1 is 2 e1."""
+    x = torch.zeros(5, 2, 3, D)
+    x[:, 0, :, 0] = 1.0
+    x[:, 1, :, 1] = 2.0
+    return x
+
+
 def adaptive_cfg(method: str, k_min: int, k_max: int, **kw) -> CompressorConfig:
     return CompressorConfig(num_tokens=None, adaptive=method, min_codes=k_min, max_codes=k_max, **kw)
 
@@ -445,12 +453,13 @@ ADAPTIVE = [
     ("noise", "elbow_released", 2, 8, dict(seed=3), None),
     ("same", "elbow", 2, 4, {}, None),  # identical tokens: one group, clamped to the range's lower end
     ("same", "separation", 2, 4, {}, None),
+    ("two", "elbow", 1, 4, {}, None),  # two distinct tokens: D(2) = 0 but D(1) > 0 is not degenerate
 ]
 
 
 @pytest.mark.parametrize(("data", "method", "k_min", "k_max", "kw", "video_id"), ADAPTIVE)
 def test_adaptive_k_equals_adaptive_kmeans(data, method, k_min, k_max, kw, video_id):
-    x = {"blobs": blobs, "noise": noise, "same": lambda: torch.ones(5, 2, 3, D)}[data]()
+    x = {"blobs": blobs, "noise": noise, "same": lambda: torch.ones(5, 2, 3, D), "two": two_values}[data]()
     cfg = adaptive_cfg(method, k_min, k_max, **kw)
     ref, (choice,) = adaptive_ref(x, cfg, video_id)
     for chunk_frames, feed in FEEDS[:3]:
@@ -465,6 +474,10 @@ def test_adaptive_k_equals_adaptive_kmeans(data, method, k_min, k_max, kw, video
         torch.testing.assert_close(fin.inertia, ref.inertia[0], atol=1e-5, rtol=0)
     if data == "same":
         assert (choice.k, choice.k_unclamped, choice.clamped) == (k_min, 1, "low")
+    if data == "two":
+        assert (choice.k, choice.k_unclamped, choice.clamped) == (2, 2, None)
+        rows = fin.labels.reshape(5, 2, 3)
+        assert rows[:, 0].unique().numel() == rows[:, 1].unique().numel() == 1 and rows[0, 0, 0] != rows[0, 1, 0]
 
 
 def test_adaptive_choices_that_clamp():
@@ -484,10 +497,6 @@ def test_gap_shares_streamed_equal_in_memory(seed):
     x = noise(t=6, seed=seed)
     xn = normalize_tokens(flat(x))
     labels = (xn @ torch.randn(4, D, generator=torch.Generator().manual_seed(seed + 100)).T).argmax(dim=1)
-    if seed == 10:  # cluster 0 of one token in each half (the means' and counts' floors of 1 matter)
-        even = value_halves(xn)
-        labels[labels == 0] = 1
-        labels[even.nonzero()[0, 0]] = labels[(~even).nonzero()[0, 0]] = 0
     # merges: 0|1, 01|23, 2|3, 0|0 (a group with itself), nothing|3, 02|13
     side_i = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 0, 1, 0]], dtype=float)
     side_j = np.array([[0, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 1], [1, 0, 0, 0], [0, 0, 0, 1], [0, 1, 0, 1]], dtype=float)
@@ -497,6 +506,27 @@ def test_gap_shares_streamed_equal_in_memory(seed):
         fit = StreamingFit(store_of(x, chunk_frames, feed), CPU, 1e-4)
         got = gap_shares_streamed(fit, labels, 4, side_i, side_j)
         torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+
+
+def test_gap_shares_streamed_with_one_token_sides_equal_in_memory():
+    """Sides with one even token (their mean is that token) or one odd token (their mean projection is
+    its own), on either side of a merge, and a merge of two empty sides (no separation: 1.0)."""
+    x = noise(t=6, seed=3)
+    xn = normalize_tokens(flat(x))
+    even = value_halves(xn)
+    ev, od = even.nonzero()[:, 0], (~even).nonzero()[:, 0]
+    labels = torch.randint(1, 4, (36,), generator=torch.Generator().manual_seed(1003))
+    labels[ev[0]] = 0  # cluster 0: one even token and four odd ones
+    labels[od[:4]] = 0
+    labels[od[labels[od] == 3]] = 2  # cluster 3: its even tokens and one odd token
+    labels[od[4]] = 3
+    side_i = np.array([[1, 0, 0, 0], [0, 0, 0, 1], [0, 1, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]], dtype=float)
+    side_j = np.array([[0, 1, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]], dtype=float)
+    ref = gap_shares(xn, labels, 4, side_i, side_j)
+    assert ref[4] == 1.0 and ref[0] == ref[2] > 0  # a merge and its mirror have the same share
+    for chunk_frames, feed in FEEDS:
+        fit = StreamingFit(store_of(x, chunk_frames, feed), CPU, 1e-4)
+        torch.testing.assert_close(gap_shares_streamed(fit, labels, 4, side_i, side_j), ref, atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------- codebook sums and the footprint
