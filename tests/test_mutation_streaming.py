@@ -562,15 +562,25 @@ def test_footprint_streamed_equals_footprint_stats(motion, t, h, w, chunk):
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
 
 
-def test_footprint_of_a_code_that_moves_by_hand():
-    # code 0 sits at (0, 0) in frame 0 and at (1, 1) in frame 2; code 1 fills the rest
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_footprint_of_codes_that_move_appear_late_or_leave_early_by_hand(chunk):
+    # code 0 at (0, 0) in frame 0 and at (1, 1) in frame 2; code 2 once, at (0, 1) in the last frame;
+    # code 3 once, at (1, 1) in the first frame; code 1 fills the rest; code 4 never occurs
     key_map = torch.ones(3, 2, 2, dtype=torch.long)
     key_map[0, 0, 0] = key_map[2, 1, 1] = 0
-    fp = footprint_streamed(key_map, 2, 1, True, 2)[0]
-    assert fp.shape == (2, 3 * 2 + 3 + 3 + 2 + 8)
-    motion = fp[0, -8:].tolist()  # times (first, last), centroid in the first and last frame, displacement
-    assert motion == pytest.approx([0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    key_map[2, 0, 1], key_map[0, 1, 1] = 2, 3
+    fp = footprint_streamed(key_map, 5, 1, True, chunk)[0]
+    assert fp.shape == (5, 3 * 2 + 3 + 3 + 2 + 8)
+    # times (first, last frame / 2), centroid (h, w) in the first and the last frame, displacement
+    assert fp[0, -8:].tolist() == pytest.approx([0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    assert fp[2, -8:].tolist() == pytest.approx([1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    assert fp[3, -8:].tolist() == pytest.approx([0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    assert fp[4].tolist() == [0.0] * 22
     assert fp[0, -10:-8].tolist() == pytest.approx([2 / 12, 2 / 3])  # share of tokens, of frames
+    assert fp[2, -10:-8].tolist() == pytest.approx([1 / 12, 1 / 3])
+    assert fp[2, 6:9].tolist() == pytest.approx([1.0, 0.0, 1.0])  # mean (t, h, w) of its one token
+    assert fp[2, 9:12].tolist() == [0.0] * 3 and fp[0, 9:12].tolist() == pytest.approx([0.5] * 3)  # spread
+    torch.testing.assert_close(fp[None], footprint_stats(key_map[None], 5, 1, True), atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------- the compressor
