@@ -46,6 +46,7 @@ KEYS = ([0, 0, 1, 2, 1, 0, 2, 2, 1, 0, 0, 1], [0, 1, 1, 2, 0, 0, 1, 2, 2, 2, 0, 
 IN_MSG = "video features contain NaN or Inf; check the vision tower's dtype and input frames"
 OUT_MSG = "the compressor's output contains NaN or Inf although its input is finite; check its weights and dtype"
 SMALL = dict(heads=2, footprint_freqs=1, ffn_dim=16)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def grouped_video(groups: list[int], scale: float = 1.0) -> torch.Tensor:
@@ -129,6 +130,13 @@ def test_expected_tokens_of_every_name_by_hand():
     assert exp(num_tokens=7, attention="none") == 7
     assert exp(num_tokens=None, adaptive="elbow", max_codes=9) is None
     assert exp(num_tokens=7, adaptive="elbow", max_codes=9) is None
+    # the count functions themselves (the registry holds what they returned at import)
+    assert cmod._shape_tokens("pool")(CompressorConfig(name="pool", num_tokens=None), 3, 5, 4) == 3 * 3 * 2
+    assert cmod._shape_tokens("pool")(CompressorConfig(name="pool", num_tokens=16), 4, 4, 6) == 16
+    assert cmod._shape_tokens("uniform")(CompressorConfig(name="uniform", num_tokens=10), 4, 4, 6) == 9
+    adaptive = CompressorConfig(num_tokens=7, adaptive="elbow", max_codes=9)
+    for name in ("prune", "tome", "temporal_merge", "random"):  # content-dependent: None
+        assert COMPRESSORS[name].expected_tokens(adaptive, 4, 4, 6) is None
     released = dict(num_tokens=12, attention="released", heads=2, ffn_dim=16)
     assert exp(t=20, **released) == 20  # max(T, K), as released
     assert exp(t=5, **released) == 12
@@ -220,11 +228,20 @@ def test_forward_refusals_word_for_word():
     assert message(CompressionError, comp, torch.zeros(1, T, H, W, 4)) == (
         "features have width 4 but the compressor was built for 8")
     assert message(ValueError, comp, batch(), video_ids=[1]) == "video_ids has 1 entries for a batch of 2 videos"
+    # the batch is dim 0 (B != T here)
+    three = torch.zeros(3, T, H, W, D)
+    assert message(ValueError, comp, three, video_ids=[1]) == "video_ids has 1 entries for a batch of 3 videos"
+    prune = build_compressor(CompressorConfig(name="prune", num_tokens=2), D)
+    assert message(ValueError, prune, batch()[:1], video_ids=[1, 2]) == (
+        "video_ids has 2 entries for a batch of 1 videos")
+    assert len(prune(three, video_ids=[1, 2, 3])) == 3
     big = build_compressor(cfg(num_tokens=13), D)
     assert message(CompressionError, big, batch()) == "num_tokens=13 exceeds the video's 12 tokens"
     assert build_compressor(cfg(num_tokens=12, attention="none"), D)(batch())[0].num_tokens == 12
     adaptive = build_compressor(cfg(num_tokens=None, adaptive="elbow", min_codes=2, max_codes=13), D)
     assert message(CompressionError, adaptive, batch()) == "max_codes=13 exceeds the video's 12 tokens"
+    every = build_compressor(cfg(num_tokens=None, adaptive="separation", min_codes=2, max_codes=12), D)
+    assert [o.num_codes for o in every(batch())] == [3, 3]  # max_codes = N is allowed
     assert message(CompressionError, VQTokenCompressor, cfg(attention="released"), D) == (
         "attention='released' needs grid_cells (tokens per frame, e.g. 27*27)")
 
@@ -258,6 +275,20 @@ def test_pad_tokens_by_hand():
     assert lengths.dtype == torch.long and lengths.tolist() == [1, 3]
     padded, lengths = pad_tokens([b, a, b])
     assert padded.shape == (3, 3, 2) and lengths.tolist() == [3, 1, 3] and padded[1, 1:].abs().sum() == 0
+    padded, lengths = pad_tokens([a])
+    assert padded.tolist() == [[[7, 8]]] and lengths.tolist() == [1]
+
+
+@CUDA
+def test_verify_and_pad_tokens_on_cuda():
+    # a deferred flag on the GPU beside a plain bool: both go to the first flag's device
+    yes = torch.tensor(True, device="cuda")
+    v = CompressedVideo(torch.zeros(2, 3, device="cuda"), 4, stats={"finite": yes, "finite_output": True})
+    assert v.verify() is v
+    bad = CompressedVideo(v.tokens, 4, stats={"finite": yes, "finite_output": False})
+    assert message(CompressionError, bad.verify) == OUT_MSG
+    padded, lengths = pad_tokens([v, CompressedVideo(torch.ones(1, 3, device="cuda"), 4)])
+    assert padded.device.type == "cuda" and lengths.device.type == "cuda" and lengths.tolist() == [2, 1]
 
 
 # ----------------------------------------------------------------------------- parameter initialisation
@@ -549,6 +580,16 @@ def test_adaptive_k_matches_the_selection_and_masks_inactive_codes():
         assert o.stats["num_codes"] == 3
 
 
+@pytest.mark.parametrize(("low", "high", "k", "clamped"), [(4, 5, 4, "low"), (1, 2, 2, "high")])
+def test_adaptive_clamping_is_reported(low, high, k, clamped):
+    config = cfg(num_tokens=None, adaptive="separation", min_codes=low, max_codes=high, attention="none")
+    out = build_compressor(config, D)(batch())
+    _, choices = cmod.adaptive_kmeans(batch().reshape(2, N, D), low, high, "separation", oversample=config.oversample)
+    for o, c in zip(out, choices):
+        assert (o.num_codes, o.stats["clamped"], o.stats["k_unclamped"]) == (c.k, c.clamped, c.k_unclamped)
+        assert (o.num_codes, o.stats["clamped"], o.stats["k_unclamped"]) == (k, clamped, 3)
+
+
 def test_adaptive_k_differs_per_video_and_pads_each_to_its_own_k():
     two = [0, 1, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1]
     x = torch.stack([grouped_video(GROUPS[0]), grouped_video(two)])
@@ -677,3 +718,25 @@ def test_graph_key_by_hand():
         tuple((p.data_ptr(), tuple(p.shape), p.dtype, "cpu") for p in params),
     )
     assert comp._streams(2, torch.device("cpu"), 1, None).generators[0].initial_seed() == comp.config.seed + 1
+
+
+@CUDA
+@pytest.mark.parametrize(
+    "change",
+    [{}, {"hash": "random", "attention": "random"}, {"num_tokens": None, "adaptive": "separation", "max_codes": 5},
+     {"attention": "released"}],
+)
+def test_cuda_compressor_keeps_every_helper_on_the_device(change):
+    # CPU-made generators, masks or index tensors fail against CUDA features
+    x = batch().cuda()
+    comp = build_compressor(cfg(**change), D, grid=(H, W)).cuda().eval()
+    with torch.no_grad():
+        for ids in (None, [3, 4]):
+            out = comp(x, video_ids=ids)
+            for i, o in enumerate(out):
+                assert o.key_map.device.type == "cuda" and o.tokens.device.type == "cuda"
+                assert o.key_map.cpu().tolist() == key_grid(KEYS[i]).tolist()
+                torch.testing.assert_close(o.codebook.cpu(), hand_codebook(x[i].cpu(), KEYS[i]), rtol=1e-3, atol=1e-3)
+    rnd = build_compressor(CompressorConfig(name="random", num_tokens=4), D)
+    out = rnd(x, video_ids=[3, 4])
+    assert out[1].tokens.device.type == "cuda" and out[1].num_tokens == 4
