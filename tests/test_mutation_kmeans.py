@@ -400,6 +400,12 @@ class SpySteps:
     def __init__(self):
         self.calls: list[tuple] = []
         self.names: list[str] = []
+        self.keys: list[tuple] = []
+
+    def run(self, key, fn, args, kwargs):
+        """The graph cache's entry point (``maybe_graphed`` with ``cuda_graphs``): record, then call."""
+        self.keys.append(key)
+        return fn(*args, **kwargs)
 
     def compiled(self, fn):
         self.names.append(fn.__name__)
@@ -648,6 +654,19 @@ def test_compiled_steps_come_from_the_cache():
     assert torch.equal(got.centroids, plain.centroids)
 
 
+def test_the_graph_cache_key_and_the_defaults_reach_the_cache():
+    x = torch.randn(1, 10, 3, generator=torch.Generator().manual_seed(0))
+    spy = SpySteps()
+    got = km.cosine_kmeans(x, 3, cache=spy)  # cuda_graphs by default: through the cache, not compiled
+    assert spy.keys == [("fixed", 3, 6, 10, 10, 1e-4, False)] and spy.names == [] and spy.calls == []
+    assert torch.equal(got.centroids, km.cosine_kmeans(x, 3).centroids)
+    km.cosine_kmeans(x, 3, iters=2, tol=0.5, seed_sample=4, cache=spy)
+    km.cosine_kmeans(x, 2, iters=1, seed_sample=3, oversample=3, cache=spy)
+    assert spy.keys[1:] == [("fixed", 3, 4, 4, 2, 0.5, False), ("fixed", 2, 3, 3, 1, 1e-4, False)]
+    km.cosine_kmeans(x, 3, cache=spy, cuda_graphs=False)
+    assert len(spy.keys) == 3
+
+
 def test_recovers_blobs_up_to_relabelling_with_and_without_oversampling():
     g = torch.Generator().manual_seed(0)
     centres = unit(0, 120, 240)
@@ -668,3 +687,68 @@ def test_identical_tokens_keep_a_seed_direction():
     r = km.cosine_kmeans(x, 2, iters=2)
     assert torch.allclose(r.centroids, t2([0.6, 0.8], [0.6, 0.8])[None], atol=1e-6)
     assert r.counts.sum().item() == 6
+
+
+# --- the fused seeding's host side (core/triton_seeding.py) ----------------------------------------
+
+
+class FakeKernel:
+    """Stands in for the Triton kernel: records the launch and runs the kernel's rule in torch, reading
+    ``race`` and writing ``picked`` by the same flat offsets the kernel uses (so a wrong stride, a
+    non-contiguous race or a wrongly shaped output shows)."""
+
+    def __init__(self):
+        self.launches: list[dict] = []
+
+    def __getitem__(self, grid):
+        def launch(d2, race, race_batch_stride, first, picked, m, k, trials, *, L_PAD, BLOCK_M, num_warps):
+            self.launches.append(dict(grid=grid, m=m, k=k, trials=trials, L_PAD=L_PAD, BLOCK_M=BLOCK_M,
+                                      num_warps=num_warps, stride=race_batch_stride, first=first.dtype))
+            flat_d2, flat_out = d2.reshape(-1), picked.view(-1)
+            for b in range(grid[0]):
+                rows = flat_d2[b * m * m : (b + 1) * m * m].view(m, m)
+                noise = torch.as_strided(race, (k - 1, trials, m), (trials * m, m, 1),
+                                         race.storage_offset() + b * race_batch_stride)
+                pick = int(first.view(-1)[b])
+                flat_out[b * k] = pick
+                mins = rows[pick][None]
+                for j in range(1, k):
+                    mins, p = km.gram_seed_step(mins, noise[j - 1][None], rows[None])
+                    flat_out[b * k + j] = int(p[0])
+
+        return launch
+
+
+def test_greedy_seed_host_side_with_a_stand_in_kernel(monkeypatch):
+    ts = pytest.importorskip("llava_vqtoken.core.triton_seeding", reason="needs triton")
+    fake = FakeKernel()
+    monkeypatch.setattr(ts, "_greedy_seed_kernel", fake)
+    g = torch.Generator().manual_seed(4)
+    b, m, k = 3, 5, 4
+    xn = km.normalize_tokens(torch.randn(b, m, 3, generator=g))
+    d2 = km.chord2(torch.bmm(xn, xn.transpose(1, 2)))
+    first = torch.tensor([0.0, 0.5, 0.9])
+    start = (first * m).long()
+    one = torch.empty(1, k - 1, 3, m).exponential_(generator=g)
+    own = torch.empty(b, k - 1, 3, m).exponential_(generator=g)
+    cases = {
+        "broadcast": (one.expand(b, -1, -1, -1), 0),  # one stream: batch stride 0, read as is
+        "own": (own, (k - 1) * 3 * m),
+        "fp64": (own.double(), (k - 1) * 3 * m),
+        "transposed": (own.transpose(-1, -2).contiguous().transpose(-1, -2), (k - 1) * 3 * m),
+    }
+    for name, (race, stride) in cases.items():
+        fake.launches.clear()
+        picked = ts.greedy_seed(d2, race, start, k)
+        assert picked.dtype == torch.long and picked.shape == (b, k), name
+        noise = km.SeedNoise(None, first, race.float())
+        want = km.seed_centres(xn, k, noise, m, use_gram=True)
+        assert torch.equal(xn.gather(1, picked.unsqueeze(-1).expand(-1, -1, 3)), want), name
+        assert fake.launches == [dict(grid=(b,), m=m, k=k, trials=3, L_PAD=4, BLOCK_M=8, num_warps=16,
+                                      stride=stride, first=torch.long)], name
+    # L a power of two already, one video
+    fake.launches.clear()
+    race = torch.empty(1, 1, 2, m).exponential_(generator=g)
+    ts.greedy_seed(d2[:1], race, start[:1].int(), 2)
+    launch = fake.launches[0]
+    assert launch["L_PAD"] == 2 and launch["trials"] == 2 and launch["first"] == torch.long
