@@ -258,6 +258,15 @@ def test_kmeans_plus_plus_uses_the_seeds_stream():
     assert torch.equal(default, km.seed_centres(xn, 3, noise, m))
 
 
+def test_kmeans_plus_plus_default_pool_is_4096_tokens():
+    xn = km.normalize_tokens(torch.randn(1, 4097, 2, generator=torch.Generator().manual_seed(0)))
+    got = km.kmeans_plus_plus(xn, 1)
+    g = torch.Generator().manual_seed(0)  # the seed's stream: pool keys first, then the first pick
+    keys, first = torch.rand(1, 4097, generator=g), torch.rand(1, generator=g)
+    pool = xn[0, keys[0].topk(4096).indices]
+    assert torch.equal(got[0, 0], pool[int(first * 4096)])
+
+
 def test_draw_seed_noise_order_shapes_and_defaults():
     s = km.VideoStreams(2, CPU, 9, [1, 2])
     noise, m = km.draw_seed_noise(10, 4, s, 6, None, CPU)
@@ -356,6 +365,13 @@ def test_lloyd_step_means_and_a_reseeded_empty_cluster():
     cents, done = _step(TOK0[None], CEN0[None], reseed=False)  # the empty centre stays put
     assert torch.allclose(cents[0], CEN0, atol=1e-6) and torch.equal(cents[0, 2], CEN0[2])
     assert done.tolist() == [True]  # nothing moved more than tol
+
+
+def test_lloyd_step_mean_of_a_short_sum_is_normalised():
+    """(1, 0) + (-0.8, 0.6) = (0.2, 0.6), of norm 0.63 < 1: the new centre is its direction."""
+    xn = t2([1.0, 0.0], [-0.8, 0.6])[None]
+    cents, _ = _step(xn, t2([0.0, 1.0])[None])
+    assert torch.allclose(cents[0, 0], F.normalize(t2(0.2, 0.6), dim=0), atol=1e-6)
 
 
 def test_lloyd_step_two_empty_clusters_take_distinct_tokens():
@@ -566,6 +582,9 @@ def test_warm_start_is_lloyd_from_init():
         got = km.cosine_kmeans(x, 3, iters=iters, tol=tol, init=init)
         want = km.lloyd(km.normalize_tokens(x), F.normalize(init.float(), dim=-1), iters=iters, tol=tol)
         assert torch.equal(got.centroids, want.centroids) and torch.equal(got.labels, want.labels)
+    small = 0.1 * init  # norms below 1: normalised all the same
+    got = km.cosine_kmeans(x, 3, iters=0, init=small)
+    assert torch.allclose(got.centroids, F.normalize(init.float(), dim=-1), atol=1e-6)
     got = km.cosine_kmeans(x, 3, init=init)
     want = km.lloyd(km.normalize_tokens(x), F.normalize(init.float(), dim=-1), iters=10, tol=1e-4)
     assert torch.equal(got.centroids, want.centroids)
@@ -689,7 +708,7 @@ def test_identical_tokens_keep_a_seed_direction():
     assert r.counts.sum().item() == 6
 
 
-# --- the fused seeding's host side (core/triton_seeding.py) ----------------------------------------
+# --- the fused seeding's host side (core/triton_kmeans.py) ----------------------------------------
 
 
 class FakeKernel:
@@ -720,7 +739,7 @@ class FakeKernel:
 
 
 def test_greedy_seed_host_side_with_a_stand_in_kernel(monkeypatch):
-    ts = pytest.importorskip("llava_vqtoken.core.triton_seeding", reason="needs triton")
+    ts = pytest.importorskip("llava_vqtoken.core.triton_kmeans", reason="needs triton")
     fake = FakeKernel()
     monkeypatch.setattr(ts, "_greedy_seed_kernel", fake)
     g = torch.Generator().manual_seed(4)
