@@ -20,6 +20,7 @@ from llava_vqtoken.core import build_compressor
 from llava_vqtoken.core.adaptive import adaptive_kmeans, gap_shares, value_halves
 from llava_vqtoken.core.compressor import CompressionError
 from llava_vqtoken.core.kmeans import (
+    SeedNoise,
     VideoStreams,
     _worst_fitted,
     cosine_kmeans,
@@ -240,6 +241,26 @@ def test_worst_fitted_equal_segments_keep_their_order_and_a_late_block_changes_n
     one = _Worst(3, 3, CPU)  # K = N: every token is its own segment
     one.update(0, 1.0 - torch.tensor([0.25, 0.75, 0.5]))
     assert one.order().tolist() == [1, 2, 0]
+
+
+#: best fit of 64 tokens in 32 segments of 2: the first token of every even segment fits at 0.5, all else perfectly
+TIED = torch.ones(64).index_fill_(0, torch.arange(0, 64, 4), 0.5)
+
+
+def test_worst_fitted_ties_between_segments_keep_the_segment_order():
+    # 32 segments tie in two groups: a stable order, as many ties as an unstable sort scrambles on the CPU
+    worst = _Worst(64, 32, CPU)
+    worst.update(0, TIED[:40])
+    worst.update(40, TIED[40:])
+    assert worst.order().tolist() == list(range(0, 64, 4)) + list(range(2, 64, 4))
+
+
+@pytest.mark.xfail(strict=True, reason="kmeans._worst_fitted orders tied segments with an unstable argsort (scrambled "
+                   "on the CPU from 32 codes on), the streamed fit with a stable one: re-seeding may pick other tokens")
+def test_worst_fitted_ties_streamed_equal_in_memory():
+    worst = _Worst(64, 32, CPU)
+    worst.update(0, TIED)
+    assert worst.order().tolist() == _worst_fitted(TIED[None], 32)[0].tolist()
 
 
 @pytest.mark.parametrize("k", [1, 3, 7, 23])
@@ -727,5 +748,8 @@ def test_results_are_made_on_the_compute_device():
     for active in (None, torch.ones(3, dtype=torch.bool, device=meta)):
         new = fit.step(torch.zeros(3, D, device=meta), active, False)
         assert new.device == meta and new.shape == (3, D)
+    nz, m = noise_for(30, 3, None, None)  # seeds from every token (the pool's index cannot leave the meta device)
+    seeds = fit.seeds(3, SeedNoise(None, nz.first.to(meta), nz.race.to(meta)), m)
+    assert seeds.device == meta and seeds.shape == (3, D)
     assert store.gather(torch.tensor([4, 0]), meta).device == meta
     assert all(x.device == meta for _, x in store.chunks(meta))
