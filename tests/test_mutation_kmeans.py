@@ -134,6 +134,13 @@ def test_cluster_sums_by_hand():
     assert torch.equal(got, torch.tensor([[[1.5, 0.5], [0, 0], [0, 1]], [[0, 0], [1.5, 1.5], [0, 0]]]))
 
 
+def test_cluster_sums_of_bf16_tokens_in_fp32():
+    """The matmul dtype of CUDA (bf16): the one-hot takes the tokens' dtype, the sums come back in fp32."""
+    xn = t2([1.0, 0.0], [0.0, 1.0], [0.5, 0.5])[None].bfloat16()
+    got = km.cluster_sums(xn, torch.tensor([[0, 2, 0]]), 3)
+    assert got.dtype == torch.float32 and torch.equal(got, torch.tensor([[[1.5, 0.5], [0, 0], [0, 1]]]))
+
+
 def test_oversampled_iters_values():
     got = [km.oversampled_iters(i) for i in range(0, 8)]
     assert got == [(1, 1), (1, 1), (1, 1), (2, 1), (2, 2), (3, 2), (3, 3), (4, 3)]
@@ -372,6 +379,12 @@ def test_lloyd_step_mean_of_a_short_sum_is_normalised():
     xn = t2([1.0, 0.0], [-0.8, 0.6])[None]
     cents, _ = _step(xn, t2([0.0, 1.0])[None])
     assert torch.allclose(cents[0, 0], F.normalize(t2(0.2, 0.6), dim=0), atol=1e-6)
+
+
+def test_lloyd_step_on_bf16_tokens():
+    cents, done = _step(TOK0[None].bfloat16(), CEN0[None])
+    assert cents.dtype == torch.float32
+    assert torch.allclose(cents[0], t2([1.0, 0.0], [0.0, 1.0], [0.6, 0.8]), atol=1e-2)
 
 
 def test_lloyd_step_two_empty_clusters_take_distinct_tokens():
