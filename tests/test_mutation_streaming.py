@@ -753,3 +753,48 @@ def test_results_are_made_on_the_compute_device():
     assert seeds.device == meta and seeds.shape == (3, D)
     assert store.gather(torch.tensor([4, 0]), meta).device == meta
     assert all(x.device == meta for _, x in store.chunks(meta))
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@CUDA
+def test_streaming_on_cuda_keeps_every_tensor_there(tmp_path):
+    """Features from the GPU land in pinned CPU blocks (not when spilled), and every result of the fit,
+    the footprint, the codebook sums and the compressor is on the compute device (devices and shapes
+    only: in bf16 the numbers are the CUDA path's own)."""
+    cuda = torch.device("cuda")
+    x = blobs(d=16)
+    store = FeatureStore(2)
+    store.append(x[:3].to(cuda))
+    store.append(x[3:].to(cuda))
+    assert store._pin is True and store.block(0).device == CPU and store.block(0).is_pinned()
+    assert all(c.device.type == "cuda" for _, c in store.chunks(cuda))
+    assert torch.equal(torch.cat([c for _, c in store.chunks(cuda)]).cpu(), flat(x))
+    assert store.gather(torch.tensor([3, 29]), cuda).device.type == "cuda"
+    spilled = FeatureStore(2, spill_dir=tmp_path)
+    spilled.append(x.to(cuda))
+    assert spilled._pin is False and torch.equal(spilled.block(0), x[:2].reshape(2, 6, 16))
+    worst = _Worst(64, 32, cuda)
+    worst.update(0, TIED.to(cuda))
+    assert worst.order().tolist() == list(range(0, 64, 4)) + list(range(2, 64, 4))
+
+    def on_cuda(*ts):
+        return all(t.device.type == "cuda" for t in ts)
+
+    centroids, fin = streaming_kmeans(store, 4, 5, 1e-4, 0, 10, cuda, 3)
+    assert on_cuda(centroids, fin.labels, fin.inertia, fin.counts, fin.unit_sums, fin.total_sq)
+    assert fin.labels.shape == (30,) and float(fin.counts.sum()) == 30.0
+    sums, norms = codebook_sums(store, fin.labels, 4, cuda, True)
+    assert on_cuda(sums, norms) and sums.shape == (4, 16)
+    fp = footprint_streamed(fin.labels.reshape(5, 2, 3), 4, 2, True, 2)
+    assert on_cuda(fp) and fp.shape == footprint_stats(fin.labels.reshape(1, 5, 2, 3), 4, 2, True).shape
+    for method in ("elbow", "separation", "silhouette", "elbow_released"):
+        cfg = adaptive_cfg(method, 2, 6, silhouette_sample=9, seed_sample=10)
+        centroids, fin, choice, active = streaming_adaptive(store, cfg, cuda, 3)
+        assert on_cuda(centroids, fin.labels, fin.counts, active) and 2 <= choice.k <= 6
+    for name, spec in SPECS.items():
+        comp = build_compressor(CompressorConfig(**spec), 16, grid=(2, 3)).to(cuda).eval()
+        got = compress_streamed(comp, store, cuda, 3)
+        assert on_cuda(got.tokens, got.key_map, got.codebook), name
+        assert got.key_map.shape == (5, 2, 3) and got.codebook.shape == (got.num_codes, 16), name
