@@ -8,6 +8,10 @@ video samples only; images keep their path. In training, every forward calls the
 once, right after the vision tower and projector, on all of the batch's videos together (or, for a
 batch without video, on one image crop with weight 0): under ZeRO-3 every rank must gather the same
 parameters in the same order, and a per-video call count that differs between ranks hangs them.
+At inference, a spec with ``chunk_frames`` > 0 streams each video as the transformers host does: its
+first chunk goes through LLaVA-NeXT's one batched vision pass, the rest ``chunk_frames`` frames at a
+time through the vision tower and projector into a ``FeatureStore``, then ``compress_streamed``; in
+training such a spec is refused in one line (``check_streamable``).
 With the released checkpoint's spec (``CompressorConfig.released()``) the attention module is
 registered as ``model.cross_attention``, the authors' layout. Written against LLaVA-NeXT b42941c /
 df17966 with transformers 4.45.2.
@@ -26,6 +30,8 @@ from typing import Any
 import torch
 
 from ...config import CONFIG_KEY, CheckpointError, CompressorConfig
+from ...core.compressor import CompressedVideo
+from ...core.streaming import FeatureStore, check_streamable, compress_streamed
 from ...spec_rule import PARAMETER_FIELDS, SpecDecision, resolve_spec
 
 #: config attribute (an ``overwrite_config`` entry) that lets the given spec change a checkpoint's
@@ -269,12 +275,33 @@ def pool_video(model, image_feature: torch.Tensor) -> torch.Tensor:
     step = getattr(model, "_vq_step", None)
     if step is not None and step["done"]:
         return step["done"].pop(0)
+    stream = getattr(model, "_vq_stream", None)
+    if stream is not None:
+        video = _stream_video(model, image_feature, stream["rest"].pop(0))
+        stream["done"].append(video)
+        return video.tokens.unsqueeze(0)
     comp = model.get_model().video_compressor
     t, n, d = image_feature.shape
     side = model.get_vision_tower().num_patches_per_side
     video = comp(image_feature.reshape(1, t, side, side, d))[0]
     model.get_model().last_video_tokens = [video.num_tokens]
+    model.get_model().last_video_key_maps = [video.key_map]
     return video.tokens.unsqueeze(0)  # one pseudo-frame: LLaVA-NeXT's newline code adds image_newline
+
+
+@torch.no_grad()
+def _stream_video(model, first: torch.Tensor, rest: torch.Tensor) -> CompressedVideo:
+    """One video streamed: ``first`` [t, H*W, D], its first chunk's features from the batched vision pass,
+    then the frames ``rest`` [T - t, 3, S, S] ``chunk_frames`` at a time through ``encode_images``."""
+    comp = check_streamable(model.get_model().video_compressor)
+    chunk = comp.config.chunk_frames
+    side = model.get_vision_tower().num_patches_per_side
+    store = FeatureStore(chunk)
+    store.append(first.reshape(first.shape[0], side, side, first.shape[-1]))
+    for s in range(0, rest.shape[0], chunk):
+        feats = model.encode_images(rest[s : s + chunk])
+        store.append(feats.reshape(feats.shape[0], side, side, feats.shape[-1]))
+    return compress_streamed(comp, store, first.device)
 
 
 def after_encode(model, feats: torch.Tensor) -> torch.Tensor:
@@ -291,7 +318,11 @@ def prepare_with_one_call(model, prepare, input_ids, position_ids, attention_mas
     forward calls the compressor exactly once (see the module doc)."""
     args = (input_ids, position_ids, attention_mask, past_key_values, labels, images, modalities, image_sizes)
     comp = getattr(model.get_model(), "video_compressor", None)
-    if comp is None or not model.training or images is None or input_ids.shape[1] == 1:
+    if comp is None or images is None or input_ids.shape[1] == 1:
+        return prepare(model, *args)
+    if comp.config.chunk_frames:
+        return _prepare_streamed(model, prepare, args)
+    if not model.training:
         return prepare(model, *args)
     mods = [modalities] if isinstance(modalities, str) else list(modalities)
     if isinstance(images, list):
@@ -308,6 +339,33 @@ def prepare_with_one_call(model, prepare, input_ids, position_ids, attention_mas
     if zero is not None and out[4] is not None:
         out[4] = out[4] + zero.to(out[4].dtype)
     return tuple(out)
+
+
+def _prepare_streamed(model, prepare, args: tuple) -> tuple:
+    """``prepare`` with every video streamed (``chunk_frames`` > 0, inference only): the batched vision
+    pass sees each video's first chunk only; ``pool_video`` streams the rest (see the module doc)."""
+    input_ids, position_ids, attention_mask, past_key_values, labels, images, modalities, image_sizes = args
+    comp = check_streamable(model.get_model().video_compressor)  # one line in training
+    if not isinstance(images, list) and images.ndim != 5:  # one image batch: LLaVA-NeXT's image path
+        return prepare(model, *args)
+    mods = [modalities] if isinstance(modalities, str) else list(modalities)
+    items = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]  # as LLaVA-NeXT reads them
+    chunk = comp.config.chunk_frames
+    videos = [i for i, m in enumerate(mods) if m == "video" and i < len(items)]
+    rest = [items[i][chunk:] for i in videos]
+    for i in videos:
+        items[i] = items[i][:chunk]
+    model._vq_stream = {"rest": rest, "done": []}
+    try:
+        out = prepare(model, input_ids, position_ids, attention_mask, past_key_values, labels, items, modalities,
+                      image_sizes)
+        done = model._vq_stream["done"]
+    finally:
+        model._vq_stream = None
+    if done:
+        model.get_model().last_video_tokens = [v.num_tokens for v in done]
+        model.get_model().last_video_key_maps = [v.key_map for v in done]
+    return out
 
 
 def _compress_batch(model, feats: torch.Tensor, step: dict) -> None:
