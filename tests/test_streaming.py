@@ -251,3 +251,19 @@ def test_long_video_benchmark_runs_on_the_cpu(tmp_path):
     assert (row["frames"], row["num_codes"], row["key_map_frames"], row["stock_tokens"]) == (2, 16, 2, 2 * 196 + 1)
     assert row["stock_ttft_s"] > 0 and row["stream_peak_gib"] == 0.0  # no GPU: no GPU memory to report
     assert row["inertia_per_token"] == pytest.approx(row["in_memory_inertia_per_token"], rel=INERTIA_REL)
+
+
+def test_long_video_benchmark_drops_the_in_memory_runs_graphs():
+    """The in-memory comparison's captured graphs (held by the compressor's cache: static inputs and a
+    memory pool per clip shape) must not count in later streamed runs' peak: the benchmark drops them
+    after each in-memory run (they made 2,048+ frames look like 2.19x the 32-frame peak on the H200)."""
+    from llava_vqtoken.benchmarks.streaming import build_model, run_frames
+
+    model = build_model(8, 1, torch.device("cpu"), "tiny")
+    comp = model.model.video_compressor
+    before = comp.code_cache
+    text = torch.zeros(1, 4, dtype=torch.long)
+    run_frames(model, 2, 1, text, torch.device("cpu"), 32768, 0)
+    assert comp.code_cache is before  # no in-memory run: the cache is left alone
+    run_frames(model, 2, 1, text, torch.device("cpu"), 32768, 2)
+    assert comp.code_cache is not before and len(comp.code_cache) == 0
