@@ -76,9 +76,8 @@ class CompressorConfig:
     iters / refine_iters / tol: Lloyd budget of a fit and of the adaptive refinement, and the
         centroid-shift tolerance after which a video stops moving. 10 steps from greedy k-means++
         seeds matched 20 steps on structured features (docs/BENCHMARKS.md).
-    oversample: a fit seeds ``oversample`` x K centres, fits them, merges them down to K (greedy,
-        count-weighted k-means++ over the fitted centres) and refines (docs/CLUSTERING.md); 1 is plain
-        k-means++ + Lloyd (the fit before 2026-12-03).
+    oversample: a fit seeds ``oversample`` x K centres, fits them, merges them down to K by Ward's
+        criterion and refines (docs/CLUSTERING.md); 1 is plain k-means++ + Lloyd (the fit before 2026-12-03).
     compile: run each Lloyd step through ``torch.compile`` (faster on GPU after a one-off compile).
     newline: the host appends its learned newline token after the video tokens (LLaVA-OneVision does).
     chunk_frames: 0 compresses the whole video at once; N > 0 streams it (VQToken only, at inference):

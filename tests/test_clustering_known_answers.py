@@ -9,7 +9,7 @@ import torch
 from llava_vqtoken.benchmarks.clustering import adjusted_rand_index, blobs, no_structure, static_clip
 from llava_vqtoken.config import CompressorConfig, ConfigError
 from llava_vqtoken.core.adaptive import adaptive_kmeans
-from llava_vqtoken.core.kmeans import cosine_kmeans, select_merge_down
+from llava_vqtoken.core.kmeans import cosine_kmeans, ward_merge_down
 
 
 def test_adjusted_rand_index_known_values():
@@ -18,27 +18,27 @@ def test_adjusted_rand_index_known_values():
     assert adjusted_rand_index(a, torch.tensor([0, 1, 0, 1])) == pytest.approx(-0.5)
 
 
-def test_select_merge_down_keeps_a_centre_in_every_object():
-    # clusters 0, 1 and 3 split one big object three ways (sizes 50, 40, 30), cluster 2 is a small object
-    # (size 5) far from it, cluster 4 is empty. The weighted medoid (cluster 0) comes first; the small
-    # object lowers the potential by 5 x 2 = 10, a second centre inside the big object by at most
-    # 40 x 0.02 = 0.8, so it comes second; the other clusters (the empty one too) join the big object.
-    d = torch.tensor([[1.0, 0.0, 0.0], [0.99, 0.141, 0.0], [0.0, 0.0, 1.0], [0.99, -0.141, 0.0], [0.0, 0.0, 0.0]])
-    counts = torch.tensor([[50.0, 40.0, 5.0, 30.0, 0.0]])
-    sums = torch.nn.functional.normalize(d, dim=-1)[None] * counts[..., None]
-    groups, merged = select_merge_down(sums, counts, 2)
-    assert groups.tolist() == [[0, 0, 1, 0, 0]]
-    assert torch.allclose(merged[0, 0], sums[0, [0, 1, 3, 4]].sum(0))
-    assert torch.allclose(merged[0, 1], sums[0, 2])
+def test_ward_merge_down_joins_the_nearest_pairs():
+    sums = torch.tensor([[[1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [0.14, 0.99]]]) * 10
+    groups, merged = ward_merge_down(sums, torch.full((1, 4), 10.0), 2)
+    assert groups.tolist() == [[0, 0, 1, 1]]
+    assert torch.allclose(merged[0], sums[0, 0::2] + sums[0, 1::2])
 
 
-def test_select_merge_down_chooses_empty_clusters_last_and_never_twice():
-    sums = torch.tensor([[[3.0, 0.0], [0.0, 0.0], [0.0, 2.0], [0.0, 0.0]]])
-    counts = torch.tensor([[3.0, 0.0, 2.0, 0.0]])
-    groups, merged = select_merge_down(sums, counts, 4)
-    assert sorted(groups[0].tolist()) == [0, 1, 2, 3]  # four distinct groups: each cluster its own
-    assert groups[0, 0] == 0 and groups[0, 2] == 1  # the weighted medoid first, the other object second
-    assert torch.equal(merged[0, :2], sums[0, [0, 2]])
+def test_ward_merge_down_weighs_by_size_and_merges_empty_clusters_first():
+    # A (100 tokens) at 0 deg, B (100) at 2 deg, C (2) at 30 deg, D (2) at 36 deg, E empty; K0 = 5 -> 3.
+    # E merges first (cost 0; the first zero in row-major order is (A, E)). Then Ward's cost
+    # n_i n_j / (n_i + n_j) d^2 is 50 x (2 sin 1 deg)^2 = 0.061 for A-B but 1 x (2 sin 3 deg)^2 = 0.011
+    # for C-D: the small pair merges although it is three times farther apart.
+    import math
+
+    def at(deg: float, n: float) -> list[float]:
+        return [n * math.cos(math.radians(deg)), n * math.sin(math.radians(deg))]
+
+    sums = torch.tensor([[at(0, 100), at(2, 100), at(30, 2), at(36, 2), [0.0, 0.0]]])
+    groups, merged = ward_merge_down(sums, torch.tensor([[100.0, 100.0, 2.0, 2.0, 0.0]]), 3)
+    assert groups.tolist() == [[0, 1, 2, 2, 0]]
+    assert torch.allclose(merged[0], torch.stack([sums[0, 0], sums[0, 1], sums[0, 2] + sums[0, 3]]))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])

@@ -139,20 +139,28 @@ def gram_seed_step(min_d2: torch.Tensor, race: torch.Tensor, d2: torch.Tensor) -
     return new_min.gather(1, best.unsqueeze(-1).expand(-1, 1, m))[:, 0], cand.gather(1, best)[:, 0]
 
 
-def _fused_seeding(d2: torch.Tensor, fused: bool | None) -> bool:
-    """Whether seeding runs as one Triton kernel (:mod:`.triton_seeding`): by default on CUDA where
-    triton is installed (it comes with CUDA builds of torch); ``fused=True`` insists."""
-    if fused is False or not d2.is_cuda:
-        if fused:
-            raise ValueError("fused seeding runs on CUDA only")
+def _use_triton(x: torch.Tensor) -> bool:
+    """Whether the one-program-per-video Triton kernels (:mod:`.triton_kmeans`) serve ``x``: on CUDA
+    where triton is installed (it comes with CUDA builds of torch)."""
+    if not x.is_cuda:
         return False
     try:
         import triton  # noqa: F401
     except ImportError:
-        if fused:
-            raise ValueError("fused seeding needs triton (it comes with CUDA builds of torch)") from None
         return False
     return True
+
+
+def _fused_seeding(d2: torch.Tensor, fused: bool | None) -> bool:
+    """Whether seeding runs as one Triton kernel (:mod:`.triton_kmeans`): by default where
+    :func:`_use_triton` says so; ``fused=True`` insists (an error where it cannot)."""
+    if fused is None:
+        return _use_triton(d2)
+    if fused and not d2.is_cuda:
+        raise ValueError("fused seeding runs on CUDA only")
+    if fused and not _use_triton(d2):
+        raise ValueError("fused seeding needs triton (it comes with CUDA builds of torch)")
+    return fused
 
 
 def seed_centres(
@@ -166,7 +174,7 @@ def seed_centres(
     proportional to the squared chord distance to the nearest chosen seed and keeps the one that
     lowers the total potential most. On CUDA the pool's distance matrix is computed once (one
     tensor-core matmul), so each step only gathers L rows of it instead of running a matmul, and
-    all K steps run as one Triton kernel (``fused``, default on CUDA: :mod:`.triton_seeding`, same
+    all K steps run as one Triton kernel (``fused``, default on CUDA: :mod:`.triton_kmeans`, same
     rule and noise, picks equal up to fp32 rounding of the potentials).
     ``steps``: run each step through that cache's ``torch.compile`` (None: eager).
     """
@@ -188,7 +196,7 @@ def seed_centres(
     picked = torch.empty(b, k, dtype=torch.long, device=xn.device)
     picked[:, 0] = (noise.first * m).long().clamp_max(m - 1)
     if d2 is not None and steps is None and k > 1 and _fused_seeding(d2, fused):
-        from .triton_seeding import greedy_seed
+        from .triton_kmeans import greedy_seed
 
         picked = greedy_seed(d2, noise.race, picked[:, 0], k)
         return pool.gather(1, picked.unsqueeze(-1).expand(-1, -1, d)).float()
@@ -305,39 +313,70 @@ OVERSAMPLE = 2
 OVERSEED_TRIALS = 16
 
 
-#: cost that keeps an empty cluster from being chosen while a non-empty one is left (finite, unlike a
-#: chosen cluster's infinite cost, so empty clusters still fill the budget on degenerate input)
-EMPTY_PENALTY = 1e30
+def ward_costs(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Ward's merge costs [B, K0, K0] (fp32): n_i n_j / (n_i + n_j) ||mu_i - mu_j||^2, the rise of the
+    summed squared distance to the means if clusters i and j merged (0 with an empty cluster), +inf on
+    the diagonal."""
+    n = counts.float()
+    mu = sums.float() / n.clamp_min(1.0).unsqueeze(-1)
+    sq = mu.square().sum(dim=-1)
+    d2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(mu, mu.transpose(1, 2))).clamp_min(0.0)
+    cost = n[:, :, None] * n[:, None, :] / (n[:, :, None] + n[:, None, :]).clamp_min(1.0) * d2
+    return cost.masked_fill(torch.eye(cost.shape[1], dtype=torch.bool, device=cost.device), float("inf"))
 
 
-def select_merge_down(sums: torch.Tensor, counts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """K0 clusters -> k groups on the device, batched and free of host syncs.
+def ward_step(
+    cost: torch.Tensor, n: torch.Tensor, alive: torch.Tensor, group: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Ward merge per video, on the device without host syncs: join the cheapest pair (i < j, the
+    first in row-major order on ties) into i and update i's costs by the Lance-Williams formula
+    ((n_i + n_l) c_il + (n_j + n_l) c_jl - n_l c_ij) / (n_i + n_j + n_l); j's row and column become +inf.
+    (Its twin, one Triton program per video for all steps, is ``triton_kmeans.ward_groups``.)"""
+    b, k0, _ = cost.shape
+    flat = cost.flatten(1).argmin(dim=1)
+    i, j = flat // k0, flat % k0
+    ci = cost.gather(1, i[:, None, None].expand(b, 1, k0))[:, 0]
+    cj = cost.gather(1, j[:, None, None].expand(b, 1, k0))[:, 0]
+    cij, ni, nj = ci.gather(1, j[:, None]), n.gather(1, i[:, None]), n.gather(1, j[:, None])
+    new = ((ni + n) * ci + (nj + n) * cj - n * cij) / (ni + nj + n).clamp_min(1.0)
+    lanes = torch.arange(k0, device=cost.device)
+    is_i, is_j = lanes == i[:, None], lanes == j[:, None]
+    alive = alive & ~is_j
+    new = new.masked_fill(~alive | is_i, float("inf"))  # also clears 0 x inf products of dead columns
+    cost = torch.where(is_i[:, :, None], new[:, None, :], cost)
+    cost = torch.where(is_i[:, None, :], new[:, :, None], cost)
+    cost = cost.masked_fill(is_j[:, :, None] | is_j[:, None, :], float("inf"))
+    n = torch.where(is_i, ni + nj, n).masked_fill(is_j, 0.0)
+    group = torch.where(group == j[:, None], i[:, None], group)
+    return cost, n, alive, group
 
-    Greedy k-means++ over the K0 cluster directions weighted by their member counts, trying every
-    cluster at each step (no sampling): the first centre is the weighted medoid, each next one the
-    cluster that lowers the count-weighted potential (squared chord distance to the nearest chosen
-    centre) most; then every cluster joins its nearest chosen centre. A missed small object holds
-    potential ~ members x 2 while a second centre in a covered object lowers it only by members x its
-    small offset, so every object keeps a centre. ``sums`` [B, K0, D] per-cluster sums of the (unit)
-    tokens, ``counts`` [B, K0]. Returns (``groups`` [B, K0]: each cluster's group, numbered in the
-    order the centres were chosen; ``merged`` [B, k, D]: the groups' sums).
+
+def ward_merge_down(sums: torch.Tensor, counts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ward agglomeration on the device, batched and free of host syncs: K0 clusters -> k groups.
+
+    ``sums`` [B, K0, D] per-cluster sums of the (unit) tokens, ``counts`` [B, K0]. Each of the K0 - k
+    steps merges, per video, the pair whose merge raises the summed squared distance to the group means
+    least (empty clusters first, at no cost): :func:`ward_step` on the cost matrix of :func:`ward_costs`;
+    on CUDA all steps run as one Triton program per video. Returns (``groups`` [B, K0]: each cluster's
+    group in 0..k-1, numbered in the order of the surviving clusters' indices; ``merged`` [B, k, D]: the
+    groups' sums, fp32).
     """
     b, k0, _ = sums.shape
-    w = counts.float()
-    mu = F.normalize(sums.float(), dim=-1, eps=1e-12)
-    d2 = (2.0 - 2.0 * torch.bmm(mu, mu.transpose(1, 2))).clamp_min(0.0)  # [B, K0, K0]
-    penalty = (w == 0).float() * EMPTY_PENALTY  # [B, K0]
-    cur = torch.full((b, k0), 4.0, device=sums.device)  # 4 = the largest squared chord: nothing chosen yet
-    taken = torch.zeros(b, k0, dtype=torch.bool, device=sums.device)
-    chosen = torch.empty(b, k, dtype=torch.long, device=sums.device)
-    for s in range(k):
-        pot = (torch.minimum(cur[:, None, :], d2) * w[:, None, :]).sum(dim=2) + penalty
-        best = pot.masked_fill(taken, float("inf")).argmin(dim=1, keepdim=True)  # [B, 1]
-        cur = torch.minimum(cur, d2.gather(1, best.unsqueeze(-1).expand(-1, 1, k0))[:, 0])
-        taken = taken | one_hot(best[:, 0], k0, torch.bool)
-        chosen[:, s] = best[:, 0]
-    groups = d2.gather(2, chosen.unsqueeze(1).expand(-1, k0, -1)).argmin(dim=2)  # [B, K0]: nearest chosen
-    groups = groups.scatter(1, chosen, torch.arange(k, device=sums.device).expand(b, k))  # each its own
+    cost, n = ward_costs(sums, counts), counts.float()
+    if _use_triton(cost) and k0 > k:
+        from .triton_kmeans import ward_groups
+
+        group, alive = ward_groups(cost, n, k)
+    else:
+        alive = torch.ones(b, k0, dtype=torch.bool, device=sums.device)
+        group = torch.arange(k0, device=sums.device).expand(b, k0).clone()
+        for _ in range(k0 - k):
+            cost, n, alive, group = ward_step(cost, n, alive, group)
+    order = (~alive).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # the k live clusters, in index order
+    slot = torch.zeros(b, k0, dtype=torch.long, device=sums.device).scatter_(
+        1, order, torch.arange(k, device=sums.device).expand(b, k)
+    )
+    groups = slot.gather(1, group)
     return groups, torch.bmm(one_hot(groups, k).transpose(1, 2), sums.float())
 
 
@@ -357,8 +396,8 @@ def _fit(
 ):
     """Pure, sync-free fixed-K fit from pre-drawn noise (what gets captured as a CUDA graph).
 
-    With ``k0 > k`` (over-seeding): k-means++ seeds K0 centres, Lloyd fits them, the K0 clusters are
-    merged down to K on the device (:func:`select_merge_down`), and Lloyd refines the K merged
+    With ``k0 > k`` (over-seeding): k-means++ seeds K0 centres, Lloyd fits them, Ward merges the K0
+    clusters down to K on the device (:func:`ward_merge_down`), and Lloyd refines the K merged
     centroids. With ``k0 == k``: plain k-means++ + Lloyd."""
     xn = normalize_tokens(x)
     centres = seed_centres(xn, k0, SeedNoise(keys, first, race), m, steps=steps)
@@ -367,7 +406,7 @@ def _fit(
         return r.centroids, r.labels, r.inertia, r.counts
     fit_iters, refine_iters = oversampled_iters(iters)
     r = lloyd(xn, centres, iters=fit_iters, tol=tol, steps=steps)
-    _, merged = select_merge_down(cluster_sums(xn, r.labels, k0), r.counts, k)
+    _, merged = ward_merge_down(cluster_sums(xn, r.labels, k0), r.counts, k)
     # a group of empty clusters (degenerate input, e.g. identical tokens) has no direction: keep a seed's
     init = torch.where((merged.abs().sum(dim=-1, keepdim=True) == 0), centres[:, :k], merged)
     r = lloyd(xn, F.normalize(init, dim=-1, eps=1e-12), iters=refine_iters, tol=tol, steps=steps)
@@ -397,7 +436,7 @@ def cosine_kmeans(
     """Cosine k-means on a batch of token sets ``x`` [B, N, D] (any float dtype; computed in fp32).
 
     ``oversample`` > 1 seeds min(oversample * K, N) centres, fits them (half of ``iters``), merges the
-    clusters down to K (:func:`select_merge_down`) and refines (the other half):
+    clusters down to K by Ward's criterion (:func:`ward_merge_down`) and refines (the other half):
     single-start k-means++ misses small or nearby clusters that the over-seeded fit finds
     (docs/CLUSTERING.md). ``oversample=1`` is plain greedy k-means++ + ``iters`` Lloyd steps.
     ``init`` [B, K, D] replaces seeding (warm start: Lloyd only). ``cuda_graphs`` replays a captured

@@ -64,7 +64,7 @@ from .kmeans import (
     one_hot,
     oversampled_iters,
     seed_centres,
-    select_merge_down,
+    ward_merge_down,
 )
 from .vq_attention import ReleasedVQAttention, VQAttention, fourier_features
 
@@ -300,7 +300,7 @@ def streaming_kmeans(
     """Fixed-K fit over a store: (centroids [K, D], final pass); ``oversample`` as in ``cosine_kmeans``.
 
     This mirrors ``kmeans.cosine_kmeans``'s recipe step for step (pool, seeds, over-seeding trials,
-    Lloyd budget split, merge down to K, refinement); tests/test_streaming.py pins the two key maps equal,
+    Lloyd budget split, Ward merge, refinement); tests/test_streaming.py pins the two key maps equal,
     so a change to one recipe that is not made to the other fails there."""
     fit = StreamingFit(store, device, tol)
     if not 1 <= k <= fit.n:
@@ -312,11 +312,11 @@ def streaming_kmeans(
     if k0 == k:
         centroids = fit.lloyd(fit.seeds(k, noise, m), iters)
         return centroids, fit.final(centroids)
-    # over-seeding, as the in-memory fit: K0 clusters, merged down to K, Lloyd refinement
+    # over-seeding, as the in-memory fit: K0 clusters, Ward merge down to K, Lloyd refinement
     fit_iters, refine_iters = oversampled_iters(iters)
     seeds = fit.seeds(k0, noise, m)
     wide = fit.final(fit.lloyd(seeds, fit_iters))
-    _, merged = select_merge_down(wide.unit_sums[None], wide.counts[None], k)
+    _, merged = ward_merge_down(wide.unit_sums[None], wide.counts[None], k)
     # a group of empty clusters (degenerate input, e.g. identical tokens) has no direction: keep a seed's
     init = torch.where(merged[0].abs().sum(dim=-1, keepdim=True) == 0, seeds[:k], merged[0])
     centroids = fit.lloyd(F.normalize(init, dim=-1, eps=1e-12), refine_iters)
