@@ -148,7 +148,7 @@ def test_oversampled_iters_values():
 
 
 def test_constants():
-    assert km.OVERSAMPLE == 2 and km.OVERSEED_TRIALS == 16 and km.EMPTY_PENALTY == 1e30
+    assert km.OVERSAMPLE == 2 and km.OVERSEED_TRIALS == 16
 
 
 # --- seeding --------------------------------------------------------------------------------------
@@ -304,8 +304,12 @@ def test_fused_seeding_rule(monkeypatch):
     assert km._fused_seeding(cuda, False) is False
     if "triton" in sys.modules or _has_triton():
         assert km._fused_seeding(cuda, None) is True and km._fused_seeding(cuda, True) is True
+    assert km._use_triton(cpu) is False
+    if _has_triton():
+        assert km._use_triton(cuda) is True
     monkeypatch.setitem(sys.modules, "triton", None)  # import triton -> ImportError
-    assert km._fused_seeding(cuda, None) is False
+    assert km._use_triton(cuda) is False
+    assert km._fused_seeding(cuda, None) is False and km._fused_seeding(cuda, False) is False
     with pytest.raises(ValueError, match=r"^fused seeding needs triton \(it comes with CUDA builds of torch\)$"):
         km._fused_seeding(cuda, True)
 
@@ -507,62 +511,114 @@ def test_lloyd_early_stop_freezes_one_video_not_the_other():
     assert r.inertia.shape == (2,) and r.counts.shape == (2, 3)
 
 
-# --- merge down -----------------------------------------------------------------------------------
+# --- merge down (Ward) ----------------------------------------------------------------------------
+
+#: K0 = 4 clusters: A (2 members at 0 deg), B (1 at (0.8, 0.6)), C (1 at 180 deg), D (empty)
+WSUMS = t2([2.0, 0.0], [0.8, 0.6], [-1.0, 0.0], [0.0, 0.0])
+WCOUNTS = torch.tensor([2.0, 1.0, 1.0, 0.0])
 
 
-def _loop_merge(sums: torch.Tensor, counts: torch.Tensor, k: int) -> tuple[list[int], list[int]]:
-    """Plain-Python count-weighted greedy selection over one video: (chosen, groups)."""
-    mu = F.normalize(sums.double(), dim=-1).tolist()
-    w = counts.double().tolist()
-    k0 = len(w)
-    d2 = [[max(2 - 2 * sum(a * b for a, b in zip(mu[i], mu[j])), 0.0) for j in range(k0)] for i in range(k0)]
-    cur, chosen = [4.0] * k0, []
-    for _ in range(k):
-        def pot(i, cur=cur):
-            return sum(min(cur[j], d2[i][j]) * w[j] for j in range(k0)) + (1e30 if w[i] == 0 else 0)
-
-        best = min((i for i in range(k0) if i not in chosen), key=lambda i: (pot(i), i))
-        chosen.append(best)
-        cur = [min(a, b) for a, b in zip(cur, d2[best])]
-    groups = [min(range(k), key=lambda s: (d2[i][chosen[s]], s)) for i in range(k0)]
-    for s, c in enumerate(chosen):
-        groups[c] = s
-    return chosen, groups
+def test_ward_costs_by_hand():
+    """n_i n_j / (n_i + n_j) |mu_i - mu_j|^2: A-B 2/3 x 0.4, A-C 2/3 x 4, B-C 1/2 x 3.6; 0 with D."""
+    cost = km.ward_costs(WSUMS[None], WCOUNTS[None].long())
+    assert cost.dtype == torch.float32 and cost.shape == (1, 4, 4)
+    inf = float("inf")
+    want = torch.tensor([[inf, 0.4 * 2 / 3, 4 * 2 / 3, 0], [0.4 * 2 / 3, inf, 1.8, 0], [4 * 2 / 3, 1.8, inf, 0],
+                         [0, 0, 0, inf]])
+    assert torch.allclose(cost[0], want, atol=1e-6)
+    assert torch.equal(torch.isinf(cost[0]), torch.eye(4, dtype=torch.bool))
+    # two empty clusters: still 0 between them (no 0 / 0), and a batch of two videos
+    two = km.ward_costs(torch.zeros(2, 2, 3), torch.zeros(2, 2))
+    assert torch.equal(two, torch.tensor([[inf, 0.0], [0.0, inf]]).expand(2, 2, 2))
 
 
-def test_select_merge_down_by_hand():
-    """Clusters: A (0 deg, 5 members), B (10 deg, 1), C (90 deg, 3), D (empty), E (95 deg, 1).
-    The weighted medoid is B (potential 5 x 0.030 + 3 x 1.653 + 1 x 1.826 = 6.94; A's is 8.20); then C
-    (it covers C and E); then A (it lowers 5 x 0.030, E only 1 x 0.008); then E; the empty D last."""
-    dirs = torch.cat([unit(0, 10, 90), torch.zeros(1, 2), unit(95)])
-    counts = torch.tensor([5.0, 1.0, 3.0, 0.0, 1.0])
-    sums = dirs * counts[:, None]
-    groups, merged = km.select_merge_down(sums[None], counts[None], 2)
-    assert groups.tolist() == [[0, 0, 1, 0, 1]]  # the empty one joins the first centre (distance 2 to all)
-    assert torch.allclose(merged[0], torch.stack([sums[0] + sums[1], sums[2] + sums[4]]), atol=1e-6)
-    assert km.select_merge_down(sums[None], counts[None], 1)[0].tolist() == [[0] * 5]
-    groups, merged = km.select_merge_down(sums[None], counts[None], 3)
-    assert groups.tolist() == [[2, 0, 1, 0, 1]]
-    assert torch.allclose(merged[0], torch.stack([sums[1], sums[2] + sums[4], sums[0]]), atol=1e-6)
-    assert km.select_merge_down(sums[None], counts[None], 4)[0].tolist() == [[2, 0, 1, 0, 3]]
-    groups, merged = km.select_merge_down(sums[None], counts[None], 5)
-    assert groups.tolist() == [[2, 0, 1, 4, 3]]
-    assert merged.dtype == torch.float32 and torch.equal(merged[0, 4], torch.zeros(2))
+def _ward_state(k0=4):
+    cost = km.ward_costs(WSUMS[None], WCOUNTS[None])
+    return cost, WCOUNTS[None].clone(), torch.ones(1, k0, dtype=torch.bool), torch.arange(k0)[None]
 
 
-def test_select_merge_down_equals_a_plain_loop():
+def test_ward_step_by_hand():
+    """First the free merge of empty D into A (the first zero in row-major order: (0, 3)); A's costs stay
+    (Lance-Williams with n_D = 0). Then A + B (0.267): A's cost to C becomes
+    (3 x 2.667 + 2 x 1.8 - 1 x 0.267) / 4 = 2.833, Ward's cost of {A, B} against C."""
+    cost, n, alive, group = km.ward_step(*_ward_state())
+    inf = float("inf")
+    assert alive.tolist() == [[True, True, True, False]] and group.tolist() == [[0, 1, 2, 0]]
+    assert n.tolist() == [[2.0, 1.0, 1.0, 0.0]]
+    want = torch.tensor([[inf, 0.4 * 2 / 3, 4 * 2 / 3, inf], [0.4 * 2 / 3, inf, 1.8, inf],
+                         [4 * 2 / 3, 1.8, inf, inf], [inf, inf, inf, inf]])
+    assert torch.allclose(cost[0], want, atol=1e-6)
+    cost, n, alive, group = km.ward_step(cost, n, alive, group)
+    assert alive.tolist() == [[True, False, True, False]] and group.tolist() == [[0, 0, 2, 0]]
+    assert n.tolist() == [[3.0, 0.0, 1.0, 0.0]]
+    ab = torch.tensor([2.8, 0.6]) / 3  # the mean of A + B
+    c_ab = 3 * 1 / 4 * ((ab - torch.tensor([-1.0, 0.0])) ** 2).sum()
+    assert torch.allclose(cost[0, 0, 2], c_ab, atol=1e-6) and cost[0, 0, 2].item() == pytest.approx(2.8333, abs=1e-4)
+    assert torch.allclose(cost[0, 2, 0], c_ab, atol=1e-6)
+    assert torch.isinf(cost[0, 1]).all() and torch.isinf(cost[0, :, 1]).all() and torch.isinf(cost[0, 0, 0])
+
+
+def test_ward_merge_down_by_hand():
+    sums, counts = WSUMS[None], WCOUNTS[None]
+    groups, merged = km.ward_merge_down(sums, counts, 4)
+    assert groups.tolist() == [[0, 1, 2, 3]] and torch.equal(merged[0], WSUMS)
+    groups, merged = km.ward_merge_down(sums, counts, 3)
+    assert groups.tolist() == [[0, 1, 2, 0]] and torch.equal(merged[0], WSUMS[:3])
+    groups, merged = km.ward_merge_down(sums, counts.long(), 2)
+    assert groups.tolist() == [[0, 0, 1, 0]]  # the live clusters A and C, numbered in index order
+    assert merged.dtype == torch.float32
+    assert torch.allclose(merged[0], torch.stack([WSUMS[0] + WSUMS[1], WSUMS[2]]), atol=1e-6)
+    groups, merged = km.ward_merge_down(sums, counts, 1)
+    assert groups.tolist() == [[0, 0, 0, 0]] and torch.allclose(merged[0, 0], WSUMS.sum(0), atol=1e-6)
+
+
+def test_ward_merge_down_numbers_the_live_clusters_in_index_order():
+    """B and C merge first (into B); the live clusters are A (0) and B (1); D (empty) went into A."""
+    sums = t2([1.0, 0.0], [0.0, 3.0], [0.0, 1.0], [0.0, 0.0])
+    counts = torch.tensor([[1.0, 3.0, 1.0, 0.0]])
+    groups, merged = km.ward_merge_down(sums[None], counts, 2)
+    assert groups.tolist() == [[0, 1, 1, 0]]
+    assert torch.allclose(merged[0], t2([1.0, 0.0], [0.0, 4.0]), atol=1e-6)
+    groups, _ = km.ward_merge_down(sums[None], counts, 3)
+    assert groups.tolist() == [[0, 1, 2, 0]]
+
+
+def _loop_ward(sums: torch.Tensor, counts: torch.Tensor, k: int) -> list[int]:
+    """Plain-Python Ward over one video, costs recomputed from the merged sums: each cluster's group."""
+    s = sums.double().tolist()
+    n = counts.double().tolist()
+    members = {i: [i] for i in range(len(n))}
+
+    def cost(i, j):
+        mi = [v / max(n[i], 1.0) for v in s[i]]
+        mj = [v / max(n[j], 1.0) for v in s[j]]
+        return n[i] * n[j] / max(n[i] + n[j], 1.0) * sum((a - b) ** 2 for a, b in zip(mi, mj))
+
+    while len(members) > k:
+        live = sorted(members)
+        _, i, j = min((cost(i, j), i, j) for i in live for j in live if i < j)
+        s[i] = [a + b for a, b in zip(s[i], s[j])]
+        n[i] += n[j]
+        members[i] += members.pop(j)
+    groups = [0] * len(n)
+    for slot, i in enumerate(sorted(members)):
+        for c in members[i]:
+            groups[c] = slot
+    return groups
+
+
+def test_ward_merge_down_equals_a_plain_loop():
     g = torch.Generator().manual_seed(2)
-    b, k0, k = 3, 9, 4
-    sums = torch.randn(b, k0, 3, generator=g)
+    b, k0, k = 3, 8, 3
     counts = torch.randint(0, 6, (b, k0), generator=g).float()
-    counts[:, 0] = 0.0
-    sums = sums * (counts[..., None] > 0)
-    groups, merged = km.select_merge_down(sums, counts.long(), k)
+    counts[:, 2] = 0.0
+    sums = torch.randn(b, k0, 3, generator=g) * counts[..., None]
+    groups, merged = km.ward_merge_down(sums, counts, k)
     for v in range(b):
-        chosen, want = _loop_merge(sums[v], counts[v], k)
+        want = _loop_ward(sums[v], counts[v], k)
         assert groups[v].tolist() == want, v
-        for s in range(k):
-            assert torch.allclose(merged[v, s], sums[v][torch.tensor(want) == s].sum(0), atol=1e-5)
+        for slot in range(k):
+            assert torch.allclose(merged[v, slot], sums[v][torch.tensor(want) == slot].sum(0), atol=1e-5)
 
 
 # --- cosine_kmeans ------------------------------------------------------------------------------------
@@ -615,7 +671,7 @@ def _pipeline(x, k, k0, iters, tol, seed, sample, ids):
         return km.lloyd(xn, centres, iters=iters, tol=tol)
     first, refine = km.oversampled_iters(iters)
     r = km.lloyd(xn, centres, iters=first, tol=tol)
-    _, merged = km.select_merge_down(km.cluster_sums(xn, r.labels, k0), r.counts, k)
+    _, merged = km.ward_merge_down(km.cluster_sums(xn, r.labels, k0), r.counts, k)
     return km.lloyd(xn, F.normalize(merged, dim=-1), iters=refine, tol=tol)
 
 
@@ -784,3 +840,73 @@ def test_greedy_seed_host_side_with_a_stand_in_kernel(monkeypatch):
     ts.greedy_seed(d2[:1], race, start[:1].int(), 2)
     launch = fake.launches[0]
     assert launch["L_PAD"] == 2 and launch["trials"] == 2 and launch["first"] == torch.long
+
+
+class FakeWard:
+    """Stands in for the Ward kernel: runs :func:`kmeans.ward_step` STEPS times per video and writes
+    each video's groups and alive flags at the kernel's flat offsets."""
+
+    def __init__(self):
+        self.launches: list[dict] = []
+
+    def __getitem__(self, grid):
+        def launch(cost, n, group, alive, k0, steps, *, KP, num_warps):
+            self.launches.append(dict(grid=grid, k0=k0, steps=steps, KP=KP, num_warps=num_warps,
+                                      dtypes=(cost.dtype, n.dtype, group.dtype, alive.dtype)))
+            flat_cost, flat_n = cost.reshape(-1), n.reshape(-1)
+            for b in range(grid[0]):
+                c = flat_cost[b * k0 * k0 : (b + 1) * k0 * k0].view(1, k0, k0)
+                state = (c, flat_n[b * k0 : (b + 1) * k0][None], torch.ones(1, k0, dtype=torch.bool),
+                         torch.arange(k0)[None])
+                for _ in range(steps):
+                    state = km.ward_step(*state)
+                group.view(-1)[b * k0 : (b + 1) * k0] = state[3][0]
+                alive.view(-1)[b * k0 : (b + 1) * k0] = state[2][0].to(alive.dtype)
+
+        return launch
+
+
+def test_ward_groups_host_side_with_a_stand_in_kernel(monkeypatch):
+    tk = pytest.importorskip("llava_vqtoken.core.triton_kmeans", reason="needs triton")
+    fake = FakeWard()
+    monkeypatch.setattr(tk, "_ward_kernel", fake)
+    g = torch.Generator().manual_seed(5)
+    counts = torch.randint(0, 5, (2, 5), generator=g)
+    sums = torch.randn(2, 5, 3, generator=g) * counts[..., None]
+    cost = km.ward_costs(sums, counts)
+    group, alive = tk.ward_groups(cost.double(), counts, 2)  # any dtypes: the kernel gets fp32
+    assert group.dtype == torch.long and alive.dtype == torch.bool and group.shape == alive.shape == (2, 5)
+    assert fake.launches == [dict(grid=(2,), k0=5, steps=3, KP=8, num_warps=8,
+                                  dtypes=(torch.float32, torch.float32, torch.long, torch.int8))]
+    state = (cost, counts.float(), torch.ones(2, 5, dtype=torch.bool), torch.arange(5).expand(2, 5).clone())
+    for _ in range(3):
+        state = km.ward_step(*state)
+    assert torch.equal(group, state[3]) and torch.equal(alive, state[2])
+    assert tk.WARD_WARPS == 8 and tk.NUM_WARPS == 16
+    fake.launches.clear()
+    tk.ward_groups(cost[:1].transpose(1, 2), counts[:1], 1)  # (symmetric) non-contiguous costs
+    assert fake.launches[0]["KP"] == 8 and fake.launches[0]["steps"] == 4
+
+
+def test_triton_branches_on_the_cpu_with_stand_in_kernels(monkeypatch):
+    """Where _use_triton says yes, seeding and the merge go through triton_kmeans (here its stand-ins)
+    and give the loops' answers; the merge only when there is something to merge (K0 > k)."""
+    tk = pytest.importorskip("llava_vqtoken.core.triton_kmeans", reason="needs triton")
+    seeds, wards = FakeKernel(), FakeWard()
+    monkeypatch.setattr(tk, "_greedy_seed_kernel", seeds)
+    monkeypatch.setattr(tk, "_ward_kernel", wards)
+    xn = POOL[None].expand(2, 4, 2).contiguous()
+    loop = km.seed_centres(xn, 3, hand_noise([0.0, 0.99]), 4, use_gram=True)
+    monkeypatch.setattr(km, "_use_triton", lambda x: True)
+    got = km.seed_centres(xn, 3, hand_noise([0.0, 0.99]), 4, use_gram=True)
+    assert torch.equal(got, loop) and len(seeds.launches) == 1 and seeds.launches[0]["k"] == 3
+    assert seeds.launches[0]["stride"] == 2 * 2 * 4  # each video's own copy of the race
+    km.seed_centres(xn, 1, hand_noise([0.0, 0.99]), 4, use_gram=True)  # K = 1: no kernel
+    km.seed_centres(xn, 3, hand_noise([0.0, 0.99]), 4, use_gram=True, steps=SpySteps())  # compiled steps: no kernel
+    km.seed_centres(xn, 3, hand_noise([0.0, 0.99]), 4, use_gram=True, fused=False)
+    assert len(seeds.launches) == 1
+    groups, merged = km.ward_merge_down(WSUMS[None], WCOUNTS[None], 2)
+    assert groups.tolist() == [[0, 0, 1, 0]] and len(wards.launches) == 1 and wards.launches[0]["steps"] == 2
+    assert torch.allclose(merged[0], torch.stack([WSUMS[0] + WSUMS[1], WSUMS[2]]), atol=1e-6)
+    groups, _ = km.ward_merge_down(WSUMS[None], WCOUNTS[None], 4)  # K0 == k: no kernel
+    assert groups.tolist() == [[0, 1, 2, 3]] and len(wards.launches) == 1
