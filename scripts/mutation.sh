@@ -40,8 +40,8 @@ focused_tests() {
     llava_vqtoken/config.py) echo tests/test_config_surface.py tests/test_mutation_config.py;;
     llava_vqtoken/core/kmeans.py)  # test_kmeans.py (20 s) and test_clustering_known_answers.py (18 s): too slow
       echo tests/test_known_answers.py tests/test_mutation_kmeans.py;;
-    llava_vqtoken/core/triton_seeding.py)  # mutmut skips the (decorated) kernel; on the CPU greedy_seed is reached
-      echo tests/test_triton_seeding.py tests/test_mutation_kmeans.py;;  # in-process only by a stand-in kernel
+    llava_vqtoken/core/triton_kmeans.py)  # mutmut skips the (decorated) kernels; on the CPU the host functions are
+      echo tests/test_triton_kmeans.py tests/test_mutation_kmeans.py;;  # reached in-process by stand-in kernels
     llava_vqtoken/core/adaptive.py) echo tests/test_known_answers.py tests/test_mutation_adaptive.py;;
     llava_vqtoken/core/compressor.py) echo tests/test_compressor.py tests/test_mutation_compressor.py;;
     llava_vqtoken/core/streaming.py) echo tests/test_mutation_streaming.py;;  # test_streaming.py: 27 s, too slow
