@@ -139,10 +139,15 @@ def gram_seed_step(min_d2: torch.Tensor, race: torch.Tensor, d2: torch.Tensor) -
     return new_min.gather(1, best.unsqueeze(-1).expand(-1, 1, m))[:, 0], cand.gather(1, best)[:, 0]
 
 
+#: oldest GPU generation (compute capability) the Triton programs are used on (Volta; Triton's floor)
+TRITON_MIN_CAPABILITY = (7, 0)
+
+
 def _use_triton(x: torch.Tensor) -> bool:
     """Whether the one-program-per-video Triton kernels (:mod:`.triton_kmeans`) serve ``x``: on CUDA
-    where triton is installed (it comes with CUDA builds of torch)."""
-    if not x.is_cuda:
+    where triton is installed (it comes with CUDA builds of torch) and the GPU is Volta or newer;
+    elsewhere the torch loops give the same answers."""
+    if not x.is_cuda or torch.cuda.get_device_capability(x.device) < TRITON_MIN_CAPABILITY:
         return False
     try:
         import triton  # noqa: F401
