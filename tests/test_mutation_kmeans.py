@@ -300,13 +300,28 @@ def test_fused_seeding_rule(monkeypatch):
     assert km._fused_seeding(cpu, None) is False and km._fused_seeding(cpu, False) is False
     with pytest.raises(ValueError, match=r"^fused seeding runs on CUDA only$"):
         km._fused_seeding(cpu, True)
-    cuda = SimpleNamespace(is_cuda=True)  # the rule reads only .is_cuda
+    cuda = SimpleNamespace(is_cuda=True, device="cuda:3")  # the rule reads only .is_cuda and .device
+    asked = []
+
+    def capability(device=None):
+        asked.append(device)
+        return cap[0]
+
+    cap = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
     assert km._fused_seeding(cuda, False) is False
     if "triton" in sys.modules or _has_triton():
         assert km._fused_seeding(cuda, None) is True and km._fused_seeding(cuda, True) is True
-    assert km._use_triton(cpu) is False
+    asked.clear()
+    assert km._use_triton(cpu) is False and asked == []  # the CPU never asks for a capability
+    assert km.TRITON_MIN_CAPABILITY == (7, 0)
     if _has_triton():
+        assert km._use_triton(cuda) is True and asked[-1] == "cuda:3"
+        cap[0] = (7, 0)
         assert km._use_triton(cuda) is True
+        cap[0] = (6, 1)  # older than Volta: the torch loops
+        assert km._use_triton(cuda) is False and km._fused_seeding(cuda, None) is False
+        cap[0] = (9, 0)
     monkeypatch.setitem(sys.modules, "triton", None)  # import triton -> ImportError
     assert km._use_triton(cuda) is False
     assert km._fused_seeding(cuda, None) is False and km._fused_seeding(cuda, False) is False
