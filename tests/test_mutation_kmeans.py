@@ -622,6 +622,15 @@ def _loop_ward(sums: torch.Tensor, counts: torch.Tensor, k: int) -> list[int]:
     return groups
 
 
+def test_ward_merge_down_of_forty_clusters_keeps_the_live_ones_in_index_order():
+    """K0 = 40 > 32: the live clusters' order comes from a stable sort (an unstable one reorders here)."""
+    g = torch.Generator().manual_seed(9)
+    counts = torch.randint(0, 4, (1, 40), generator=g).float()
+    sums = torch.randn(1, 40, 3, generator=g) * counts[..., None]
+    groups, _ = km.ward_merge_down(sums, counts, 20)
+    assert groups[0].tolist() == _loop_ward(sums[0], counts[0], 20)
+
+
 def test_ward_merge_down_equals_a_plain_loop():
     g = torch.Generator().manual_seed(2)
     b, k0, k = 3, 8, 3
