@@ -743,6 +743,17 @@ def test_a_batch_is_padded_to_max_codes_per_video():
         assert _same_partition(res.labels[0], ta) and _same_partition(res.labels[1], tb)
 
 
+def test_codes_above_a_videos_k_stay_inactive_on_noise():
+    # on noise the refinement does not settle at once, so empty active codes would be re-seeded: codes
+    # K_b.. of video b must be masked, not just empty at the start
+    x = torch.randn(2, 300, 8, generator=torch.Generator().manual_seed(1))
+    res, ch = adaptive_kmeans(x, 2, 6, "silhouette", cuda_graphs=False)
+    for b, c in enumerate(ch):
+        assert (res.counts[b, c.k:] == 0).all() and (res.counts[b, : c.k] > 0).all()
+        assert int(res.labels[b].max()) == c.k - 1
+    assert [c.k for c in ch] != [6, 6]  # at least one video has inactive codes
+
+
 def test_refined_centroids_are_the_normalised_group_means():
     x, truth = _axes(3, 200)
     xn = torch.nn.functional.normalize(x[0], dim=-1)
@@ -797,6 +808,30 @@ def test_gap_share_with_a_single_odd_token_on_a_side():
     got = gap_shares(x, torch.tensor(labels), 2, side_i, side_j)
     assert got.tolist() == pytest.approx(_shares_by_loops(x, labels, side_i, side_j))
     assert got.tolist() == pytest.approx([0.2])
+
+
+def _token(x: float, y: float, even: bool, used: list) -> list[float]:
+    """(x, y, z) with a tiny z (it moves projections by < 1e-3) that puts the token in the wanted half."""
+    zs = (i * 1e-4 for i in range(1, 4000))
+    z = next(z for z in zs if _half_by_hand([x, y, z]) == even and [x, y, z] not in used)
+    used.append([x, y, z])
+    return used[-1]
+
+
+def test_gap_share_with_unequal_even_counts():
+    # side a's direction tokens (1, +-0.3) average (1, 0); side b has one, (-1, 1): the direction is
+    # (2, -1). Odd tokens: a: (1, 0), (-1, -0.5); b: (-1, 1), (-1, 0.5). Projections 2, -1.5 | -3, -2.5:
+    # ma = 0.25, mb = -2.75, half = 1.5, centre -1.25, t = 13/6, -1/6, -7/6, -5/6: one of four in the band
+    used: list = []
+    rows = [_token(1.0, 0.3, True, used), _token(1.0, -0.3, True, used), _token(-1.0, 1.0, True, used)]
+    rows += [_token(1.0, 0.0, False, used), _token(-1.0, -0.5, False, used)]
+    rows += [_token(-1.0, 1.0, False, used), _token(-1.0, 0.5, False, used)]
+    labels = [0, 0, 1, 0, 0, 1, 1]
+    side_i, side_j = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])
+    x = torch.tensor(rows)
+    got = gap_shares(x, torch.tensor(labels), 2, side_i, side_j)
+    assert got.tolist() == pytest.approx(_shares_by_loops(x, labels, side_i, side_j))
+    assert got.tolist() == [0.25]
 
 
 def _uniform(n: int, d: int = 8, seed: int = 0) -> torch.Tensor:
