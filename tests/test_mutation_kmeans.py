@@ -934,3 +934,50 @@ def test_triton_branches_on_the_cpu_with_stand_in_kernels(monkeypatch):
     assert torch.allclose(merged[0], torch.stack([WSUMS[0] + WSUMS[1], WSUMS[2]]), atol=1e-6)
     groups, _ = km.ward_merge_down(WSUMS[None], WCOUNTS[None], 4)  # K0 == k: no kernel
     assert groups.tolist() == [[0, 1, 2, 3]] and len(wards.launches) == 1
+
+
+# --- every tensor on the input's device (the meta device: a CPU tensor mixed in raises) ------------
+
+META = torch.device("meta")
+
+
+def test_the_fit_runs_on_the_meta_device():
+    """The fit is sync-free, so it runs on the meta device; any helper tensor made on the CPU (the
+    default device) would meet the meta tensors and raise, as it would meet CUDA ones on a GPU."""
+    x = torch.randn(2, 30, 3).to(META)
+    keys, first, race = torch.rand(2, 30).to(META), torch.rand(2).to(META), torch.rand(2, 5, 3, 20).to(META)
+    for k, k0 in ((3, 6), (3, 3)):
+        out = km._fit(x, keys, first, race[:, : k0 - 1], k=k, k0=k0, m=20, iters=4, tol=1e-4, steps=None)
+        assert [o.device.type for o in out] == ["meta"] * 4 and out[1].shape == (2, 30)
+    xn = km.normalize_tokens(x)
+    assert xn.device.type == "meta" and xn.dtype == torch.float32
+    noise = km.SeedNoise(None, first, race)
+    for use_gram in (False, True):
+        assert km.seed_centres(xn[:, :20], 6, noise, 20, use_gram=use_gram).device.type == "meta"
+    c = km.seed_centres(xn, 6, km.SeedNoise(keys, first, race), 20)
+    r = km.lloyd(xn, c, 3, active=torch.ones(2, 6, dtype=torch.bool, device=META))
+    assert r.labels.device.type == r.counts.device.type == r.inertia.device.type == "meta"
+    groups, merged = km.ward_merge_down(km.cluster_sums(xn, r.labels, 6), r.counts, 3)
+    assert groups.device.type == merged.device.type == "meta"
+    labels = torch.zeros(2, 3, dtype=torch.long, device=META)
+    assert km.one_hot(labels, 4).device.type == km._counts(labels, 4).device.type == "meta"
+    assert km._worst_fitted(torch.rand(2, 30).to(META), 6).device.type == "meta"
+
+
+def test_the_triton_hosts_allocate_on_the_inputs_device(monkeypatch):
+    tk = pytest.importorskip("llava_vqtoken.core.triton_kmeans", reason="needs triton")
+    made = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                made.append(sorted({a.device.type for a in args if isinstance(a, torch.Tensor)}))
+            return launch
+
+    monkeypatch.setattr(tk, "_greedy_seed_kernel", Recorder())
+    monkeypatch.setattr(tk, "_ward_kernel", Recorder())
+    picked = tk.greedy_seed(torch.rand(2, 5, 5).to(META), torch.rand(2, 3, 2, 5).to(META),
+                            torch.zeros(2, dtype=torch.long, device=META), 4)
+    group, alive = tk.ward_groups(torch.rand(2, 5, 5).to(META), torch.rand(2, 5).to(META), 2)
+    assert picked.device.type == group.device.type == alive.device.type == "meta"
+    assert made == [["meta"], ["meta"]]
