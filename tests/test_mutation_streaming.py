@@ -787,6 +787,12 @@ def test_streaming_on_cuda_keeps_every_tensor_there(tmp_path):
     assert fin.labels.shape == (30,) and float(fin.counts.sum()) == 30.0
     sums, norms = codebook_sums(store, fin.labels, 4, cuda, True)
     assert on_cuda(sums, norms) and sums.shape == (4, 16)
+    half = store_of(x.bfloat16(), 2, 5)  # bf16 members: the one-hot must be bf16 too on CUDA (member_sums)
+    for normalized in (False, True):
+        sums, _ = codebook_sums(half, fin.labels, 4, cuda, normalized)
+        src = F.normalize(flat(x), dim=-1) if normalized else flat(x)
+        ref = torch.zeros(4, 16).index_add_(0, fin.labels.cpu(), src)
+        torch.testing.assert_close(sums.cpu(), ref, atol=0.1, rtol=0.02)
     fp = footprint_streamed(fin.labels.reshape(5, 2, 3), 4, 2, True, 2)
     assert on_cuda(fp) and fp.shape == footprint_stats(fin.labels.reshape(1, 5, 2, 3), 4, 2, True).shape
     for method in ("elbow", "separation", "silhouette", "elbow_released"):
