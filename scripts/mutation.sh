@@ -6,7 +6,9 @@
 #                                              after new tests; the other mutants keep their results
 #   MUTMUT_NAMES="PATTERN ..." scripts/mutation.sh FILES...   only the mutants whose names match (fnmatch)
 #   MUTMUT_CHILDREN=N (parallel mutants), MUTMUT_PYTHON=python3 (another interpreter than .venv's),
-#   MUTMUT_WHEELS=DIR (install locks/mutation.txt from the wheels in DIR, without a package index)
+#   MUTMUT_WHEELS=DIR (install locks/mutation.txt from the wheels in DIR, without a package index),
+#   MUTMUT_SAMPLE=N [MUTMUT_SAMPLE_SEED=S] (run a uniform random sample of N mutants per file; the summary
+#   then gives the score's 95% interval)
 #
 # Installs the exact versions of locks/mutation.txt into .mutmut-lib/ (never into .venv), copies the
 # package, the tests and pyproject.toml into .mutmut-work/ with a [tool.mutmut] section whose
@@ -111,6 +113,21 @@ if [ "$SURVIVORS" = 1 ]; then
   [ ${#NAMES[@]} -gt 0 ] || die "the last run left no survivor in ${FILES[*]}"
   echo "mutation.sh: rerunning ${#NAMES[@]} survivors"
 fi
+if [ -n "${MUTMUT_SAMPLE:-}" ] && [ "$SURVIVORS" = 0 ] && [ ${#NAMES[@]} -eq 0 ]; then
+  # generate every mutant (and the test stats) with a filter that matches none, then draw the sample
+  PYTHONPATH="$LIB" "$PY" -m mutmut run --max-children "$CHILDREN" "__generate_only__" >mutmut-generate.log 2>&1 || true
+  mapfile -t NAMES < <("$PY" - "$MUTMUT_SAMPLE" "${MUTMUT_SAMPLE_SEED:-0}" "${FILES[@]}" <<'PYEOF'
+import json, random, sys
+n, seed, files = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+for f in files:
+    keys = sorted(json.load(open(f"mutants/{f}.meta"))["exit_code_by_key"])
+    for name in random.Random(seed).sample(keys, min(n, len(keys))):
+        print(name)
+PYEOF
+)
+  [ ${#NAMES[@]} -gt 0 ] || die "no mutants generated (log: .mutmut-work/mutmut-generate.log)"
+  echo "mutation.sh: a uniform sample of ${#NAMES[@]} mutants (MUTMUT_SAMPLE=$MUTMUT_SAMPLE per file, seed ${MUTMUT_SAMPLE_SEED:-0})"
+fi
 PYTHONPATH="$LIB" "$PY" -m mutmut run --max-children "$CHILDREN" "${NAMES[@]}" >mutmut-run.log 2>&1 \
   || { tail -20 mutmut-run.log; die "mutmut run failed (log: .mutmut-work/mutmut-run.log)"; }
 PYTHONPATH="$LIB" "$PY" -m mutmut results --all true >mutmut-results.txt 2>&1
@@ -132,6 +149,12 @@ total = killed + len(surv)
 score = 100.0 * killed / total if total else float("nan")
 print(f"mutants: {len(rows)}  " + "  ".join(f"{k}: {len(v)}" for k, v in sorted(by.items())))
 print(f"score: {killed}/{total} killed = {score:.1f}%  (timeouts apart: {len(by.get('timeout', []))})")
+if by.get("not checked"):  # a sample: the score's 95% Wilson interval
+    z, p = 1.96, killed / total if total else 0.0
+    half = z * ((p * (1 - p) + z * z / (4 * total)) / total) ** 0.5 / (1 + z * z / total) if total else 0.0
+    mid = (p + z * z / (2 * total)) / (1 + z * z / total) if total else 0.0
+    print(f"checked {total + len(by.get('timeout', []))} of {len(rows)} mutants; 95% interval of the score: "
+          f"{100 * (mid - half):.1f}% to {100 * (mid + half):.1f}%")
 for status in ("survived", "no tests", "timeout", "suspicious"):
     for name in by.get(status, []):
         print(f"  {status}: {name}")
