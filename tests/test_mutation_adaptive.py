@@ -923,6 +923,10 @@ def test_on_cuda_every_tensor_stays_on_the_device_and_graphs_go_to_the_given_cac
         ("adaptive-refine", 8, 20, 5, 1e-4, False),
         ("adaptive-top", 20, 600, 10, 1e-4, False),
     ]
+    unused = CodeCache()
+    _, plain = adaptive_kmeans(x.cuda(), 2, 8, method, silhouette_sample=100, cache=unused, video_ids=[4],
+                               cuda_graphs=False)
+    assert len(unused) == 0 and plain[0].k == ch[0].k
 
 
 @CUDA
