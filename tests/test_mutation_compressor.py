@@ -174,6 +174,13 @@ def test_baselines_give_their_functions_output_video_by_video():
     assert build_compressor(CompressorConfig(name="none", num_tokens=1000), 3)(x)[0].num_tokens == n
 
 
+def test_baseline_modules_and_parameters():
+    comp = build_compressor(CompressorConfig(name="tome", num_tokens=4), D)
+    assert comp.compute_modules() == {"": comp} and list(comp.parameters()) == []
+    comp.reset_parameters()  # nothing to initialise
+    assert len(comp.code_cache) == 0 and comp.expected_tokens(2, 3, 3) == 4
+
+
 def test_random_baseline_draws_from_each_videos_id():
     x = torch.randn(2, 2, 3, 3, 2, generator=torch.Generator().manual_seed(1))
     comp = build_compressor(CompressorConfig(name="random", num_tokens=4, seed=5), 2)
