@@ -564,6 +564,9 @@ def test_codebook_sums_by_hand(normalized, dtype):
     if normalized:
         torch.testing.assert_close(sums, torch.tensor([[1.2, 1.6], [0.0, 0.0], [1.0, 2.0]]), atol=1e-2, rtol=0)
         assert float(norms) == pytest.approx(5.0, abs=1e-2)
+        unit = F.normalize(x.float(), dim=-1).to(dtype).float()  # unit tokens in the store dtype (bf16: 0.6016)
+        torch.testing.assert_close(sums, torch.zeros(3, 2).index_add_(0, labels, unit), atol=1e-6, rtol=0)
+        assert float(norms) == pytest.approx(float(unit.norm(dim=-1).sum()), abs=1e-6)
     else:
         assert sums.tolist() == [[9.0, 12.0], [0.0, 0.0], [1.0, 2.5]]
         assert float(norms) == pytest.approx(18.5)
