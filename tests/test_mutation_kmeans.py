@@ -764,6 +764,13 @@ def test_compiled_steps_come_from_the_cache():
     assert set(spy.names) == {"lloyd_step"} and len(spy.calls) == 2  # one step per half (1 + 1)
     plain = km.cosine_kmeans(x, 2, iters=2)
     assert torch.equal(got.centroids, plain.centroids)
+    for oversample, steps in ((1, 3), (2, 1 + 2)):  # plain: 3 steps; over-seeded: oversampled_iters(3) = (2, 1)
+        spy = SpySteps()
+        got = km.cosine_kmeans(x, 2, iters=3, tol=0.25, oversample=oversample, compiled=True, cache=spy,
+                               cuda_graphs=False)
+        assert len(spy.calls) == steps and all(c[5] == 0.25 for c in spy.calls), oversample
+        plain = km.cosine_kmeans(x, 2, iters=3, tol=0.25, oversample=oversample)
+        assert torch.equal(got.centroids, plain.centroids)
 
 
 def test_the_graph_cache_key_and_the_defaults_reach_the_cache():
