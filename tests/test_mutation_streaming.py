@@ -744,6 +744,8 @@ def test_results_are_made_on_the_compute_device():
     for motion in (False, True):
         fp = footprint_streamed(key_map, 7, 2, motion, 3)
         assert fp.device == meta and fp.shape == footprint_stats(key_map[None], 7, 2, motion).shape
+        one = footprint_streamed(key_map[:1, :1], 7, 2, motion, 3)  # one frame of one row: zeros(1) for t and h
+        assert one.device == meta and one.shape == fp.shape
     store = store_of(noise(), 2, 2)
     sums, norms = codebook_sums(store, torch.zeros(30, dtype=torch.long, device=meta), 3, meta, True)
     assert sums.device == norms.device == meta and sums.shape == (3, D) and norms.shape == ()
