@@ -78,9 +78,10 @@ class VideoStreams:
 
 
 def normalize_tokens(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise the last dim (norms in fp32, safe for zero vectors), returned in the matmul dtype:
-    bf16 on CUDA (tensor cores, fp32 accumulation), fp32 on the CPU."""
-    inv = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).clamp_min_(1e-12).reciprocal_()
+    """L2-normalise the last dim (norms in fp32 at least, safe for zero vectors), returned in the matmul
+    dtype: bf16 on CUDA (tensor cores, fp32 accumulation), fp32 on the CPU."""
+    wide = x.dtype if x.dtype == torch.float64 else torch.float32  # vector_norm refuses to narrow fp64
+    inv = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=wide).clamp_min_(1e-12).reciprocal_()
     return (x * inv).to(torch.bfloat16 if x.is_cuda else torch.float32)
 
 
