@@ -61,6 +61,18 @@ class AdaptiveChoice:
     scores: dict[int, float]  # criterion value per candidate K (distortion for elbow)
 
 
+#: a video whose one-code distortion is at most this share of its tokens' energy is one colour or a
+#: static clip: its tokens are (nearly) identical and K takes the range's lower end. 1e-4, not smaller:
+#: the distortion comes from an fp32 Gram matrix, whose rounding alone reached 1.01e-6 of the energy on
+#: 60 copies of one 8-D token (tests/test_mutation_adaptive.py::test_identical_tokens_whatever_their_value)
+STATIC_SHARE = 1e-4
+
+
+def is_static(one_code_distortion: float, total_sq: float) -> bool:
+    """Whether one code fits every token (see :data:`STATIC_SHARE`)."""
+    return one_code_distortion <= STATIC_SHARE * max(total_sq, 1e-12)
+
+
 def ward_merge_tree(gram: np.ndarray, counts: np.ndarray, total_sq: float) -> tuple[list[tuple[int, int]], np.ndarray]:
     """Ward agglomeration of K0 clusters described by their sum Gram matrix and sizes.
 
@@ -350,7 +362,7 @@ def adaptive_kmeans(
     merge_maps = []
     for i in range(b):
         merges, distortion = ward_merge_tree(host[0][i], host[1][i], float(host[2][i]))
-        if distortion[1] <= 1e-6 * max(float(host[2][i]), 1e-12):
+        if is_static(distortion[1], float(host[2][i])):
             # all tokens (nearly) identical: one code would do, so the range's lower end
             scores = {k: float(distortion[k]) for k in range(1, k_top + 1)}
             pick = 1

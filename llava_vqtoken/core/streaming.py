@@ -43,6 +43,7 @@ from .adaptive import (
     MIN_MASS_DIVISOR,
     AdaptiveChoice,
     elbow_k,
+    is_static,
     merge_sides,
     partition_levels,
     released_elbow_k,
@@ -377,7 +378,7 @@ def choose_k(
     counts, total_sq = top.counts.double().cpu().numpy(), float(top.total_sq)
     merges, distortion = ward_merge_tree(gram, counts, total_sq)
     curve = {k: float(distortion[k]) for k in range(1, k_top + 1)}
-    if distortion[1] <= 1e-6 * max(total_sq, 1e-12):
+    if is_static(distortion[1], total_sq):
         scores, pick = curve, 1
     elif method == "separation":
         side_a, side_b = merge_sides(merges, k0)
