@@ -247,7 +247,7 @@ def _worst_fitted(best: torch.Tensor, k: int) -> torch.Tensor:
     chunks = (1.0 - best[:, : step * k]).view(b, k, step)
     worst, arg = chunks.max(dim=2)
     idx = arg + torch.arange(k, device=best.device) * step
-    return idx.gather(1, worst.argsort(dim=1, descending=True))
+    return idx.gather(1, worst.argsort(dim=1, descending=True, stable=True))  # ties: the earlier segment first
 
 
 def lloyd_step(
