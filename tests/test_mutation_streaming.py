@@ -255,8 +255,8 @@ def test_worst_fitted_ties_between_segments_keep_the_segment_order():
     assert worst.order().tolist() == list(range(0, 64, 4)) + list(range(2, 64, 4))
 
 
-@pytest.mark.xfail(strict=True, reason="kmeans._worst_fitted orders tied segments with an unstable argsort (scrambled "
-                   "on the CPU from 32 codes on), the streamed fit with a stable one: re-seeding may pick other tokens")
+# regression: kmeans._worst_fitted ordered tied segments with an unstable argsort (scrambled on the CPU from
+# 32 codes on), the streamed fit with a stable one: re-seeding could pick other tokens
 def test_worst_fitted_ties_streamed_equal_in_memory():
     worst = _Worst(64, 32, CPU)
     worst.update(0, TIED)
@@ -723,8 +723,8 @@ def test_non_finite_features_and_outputs_are_reported():
         stream(bad, noise(d=16), 2, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="streaming reports a codebook that overflows fp32 (finite input) as non-finite "
-                   "input; in memory the same video raises the 'output' error (finite = codebook & inertia)")
+# regression: streaming reported a codebook that overflows fp32 (finite input) as non-finite input; in
+# memory the same video raises the 'output' error (finite was codebook & inertia)
 def test_a_codebook_overflow_is_reported_as_the_in_memory_path_does():
     x = torch.randn(3, 1, 2, 16, generator=torch.Generator().manual_seed(0))
     x[..., 0] = 3e38  # finite tokens whose per-code sums overflow fp32

@@ -544,10 +544,11 @@ def compress_streamed(
     fallback = centroids.float() * (norms / n)
     codebook = torch.where((counts == 0)[:, None], fallback, means)[perm[0]].to(store.dtype).to(device)
     key_map = key_map_grid(labels, t, h, w)[0]
-    finite = torch.isfinite(codebook).all() & torch.isfinite(fin.inertia)
+    finite = torch.isfinite(fin.inertia)  # the input's check, as in memory; the codebook is an output
     tokens = _attend(compressor, codebook, key_map, active, ks, video_id, store.chunk_frames)
     stats: dict[str, Any] = {
-        "num_codes": ks, "inertia": fin.inertia, "finite": finite, "finite_output": torch.isfinite(tokens).all(),
+        "num_codes": ks, "inertia": fin.inertia, "finite": finite,
+        "finite_output": torch.isfinite(tokens).all() & torch.isfinite(codebook).all(),
         "streamed_chunk_frames": store.chunk_frames,
     }
     if choice is not None:
