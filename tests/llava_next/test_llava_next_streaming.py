@@ -153,3 +153,13 @@ def test_training_with_chunk_frames_is_refused_in_one_line(tiny_vq):
         model.prepare_inputs_labels_for_multimodal(ids, None, None, None, ids.clone(), [pixels], ["video"], None)
     assert str(err.value) == REFUSAL
     assert "\n" not in str(err.value)
+
+
+def test_in_memory_batch_lists_every_video(tiny_vq):
+    """Regression (new-user trial): with chunk_frames 0, each video is compressed by its own call and
+    last_video_tokens / last_video_key_maps kept only the batch's last video ([K] for two videos)."""
+    tok, model, proc, _ = load_with_chunk(tiny_vq, 0)
+    ids, long = video_inputs(tok, proc, frames=FRAMES)
+    video_pass(model, torch.cat([ids, ids]), [long, long[:2]])
+    assert model.get_model().last_video_tokens == [K, K]
+    assert [m.shape[0] for m in model.get_model().last_video_key_maps] == [FRAMES, 2]

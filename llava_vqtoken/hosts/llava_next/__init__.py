@@ -284,8 +284,13 @@ def pool_video(model, image_feature: torch.Tensor) -> torch.Tensor:
     t, n, d = image_feature.shape
     side = model.get_vision_tower().num_patches_per_side
     video = comp(image_feature.reshape(1, t, side, side, d))[0]
-    model.get_model().last_video_tokens = [video.num_tokens]
-    model.get_model().last_video_key_maps = [video.key_map]
+    seen = getattr(model, "_vq_seen", None)
+    if seen is None:  # called outside prepare_with_one_call: this video alone
+        model.get_model().last_video_tokens, model.get_model().last_video_key_maps = [], []
+    else:
+        seen.append(video)
+    model.get_model().last_video_tokens.append(video.num_tokens)
+    model.get_model().last_video_key_maps.append(video.key_map)
     return video.tokens.unsqueeze(0)  # one pseudo-frame: LLaVA-NeXT's newline code adds image_newline
 
 
@@ -322,8 +327,13 @@ def prepare_with_one_call(model, prepare, input_ids, position_ids, attention_mas
         return prepare(model, *args)
     if comp.config.chunk_frames:
         return _prepare_streamed(model, prepare, args)
-    if not model.training:
-        return prepare(model, *args)
+    if not model.training:  # every video its own call in pool_video; last_video_* list them all
+        model.get_model().last_video_tokens, model.get_model().last_video_key_maps = [], []
+        model._vq_seen = []
+        try:
+            return prepare(model, *args)
+        finally:
+            model._vq_seen = None
     mods = [modalities] if isinstance(modalities, str) else list(modalities)
     if isinstance(images, list):
         sizes = [x.shape[0] if x.ndim == 4 else 1 for x in images]
