@@ -199,3 +199,21 @@ def test_export_of_a_random_model_stays_marked_random(capsys, tiny_model, tmp_pa
     code, _, err = run_cli(capsys, "export-remote", "--model", str(tiny_model), "--out", str(out), "--num-tokens", "8")
     assert code == 0, err
     assert is_random(out)
+
+
+def test_a_checkpoint_folder_without_a_processor_is_one_line(capsys, tiny_model, video_file, tmp_path):
+    """A stock model saved without its processor ended in a 32-line OSError traceback from AutoProcessor."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model / name, bare / name)
+    code, _, err = run_cli(capsys, "compress", "--model", str(bare), "--video", str(video_file), "--frames", "4")
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines() == [
+        f"llava-vqtoken: error: {bare} has no processor (processor_config.json or preprocessor_config.json, and "
+        "tokenizer files) and a checkpoint needs one: save the one of the model it came from next to its "
+        "config.json, e.g. AutoProcessor.from_pretrained(HUB_ID).save_pretrained(FOLDER) (export-remote then "
+        "writes it into --out)"
+    ]

@@ -17,6 +17,11 @@ from ...config import CONFIG_KEY, CheckpointError
 from ...spec_rule import SpecDecision, resolve_spec
 
 STOCK_TYPE = "llava_onevision"
+#: how to give a checkpoint folder the processor it lacks (README "transformers host")
+PROCESSOR_HINT = (
+    "save the one of the model it came from next to its config.json, e.g. "
+    "AutoProcessor.from_pretrained(HUB_ID).save_pretrained(FOLDER) (export-remote then writes it into --out)"
+)
 
 
 @dataclass
@@ -56,6 +61,20 @@ def saved_spec(path: str) -> dict[str, Any] | None:
     return cfg.get(CONFIG_KEY) if kind == MODEL_TYPE else None
 
 
+def load_processor(path: str):
+    """The checkpoint's own processor (image processor + tokenizer), or CheckpointError in one line
+    when the folder has none (e.g. a model saved with ``save_pretrained`` alone)."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError):
+        raise CheckpointError(
+            f"{path} has no processor (processor_config.json or preprocessor_config.json, and tokenizer files) "
+            f"and a checkpoint needs one: {PROCESSOR_HINT}"
+        ) from None
+
+
 def load_model(
     path: str,
     overrides: Mapping[str, Any] | None = None,
@@ -71,12 +90,11 @@ def load_model(
     A change of the saved spec is reported through ``note`` in one line; a refused one raises
     CheckpointError.
     """
-    from transformers import AutoProcessor
-
     from .modeling import VQTokenLlavaOnevisionForConditionalGeneration, VQTokenLlavaOnevisionProcessor
 
     path = str(path)
     decision = resolve_spec(saved_spec(path), overrides, allow_override, where=path)
+    stock_processor = load_processor(path)  # before the weights: a folder without one fails at once
     keep = decision.from_checkpoint and not decision.changes
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     if attn_implementation:
@@ -84,7 +102,7 @@ def load_model(
     model = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(
         path, video_compressor=None if keep else decision.spec.to_dict(), **kwargs
     )
-    processor = VQTokenLlavaOnevisionProcessor.from_stock(AutoProcessor.from_pretrained(path), model.config)
+    processor = VQTokenLlavaOnevisionProcessor.from_stock(stock_processor, model.config)
     line = decision.line()
     if line:
         note(f"{path}: {line}")
