@@ -217,3 +217,29 @@ def test_a_checkpoint_folder_without_a_processor_is_one_line(capsys, tiny_model,
         "config.json, e.g. AutoProcessor.from_pretrained(HUB_ID).save_pretrained(FOLDER) (export-remote then "
         "writes it into --out)"
     ]
+
+
+def test_override_of_a_parameter_field_reinitialises_what_no_longer_fits(capsys, vq12, tiny_model, video_file):
+    """--override-spec --footprint motion on a checkpoint trained with marginal crashed in transformers
+    (footprint_mlp.0.weight MISMATCH, ignore_mismatched_sizes) instead of README's drop-and-seed, said once."""
+    import torch
+
+    from llava_vqtoken.hosts.hf import VQTokenLlavaOnevisionForConditionalGeneration
+    from llava_vqtoken.hosts.hf.load import load_model
+
+    code, out, err = run_cli(capsys, "compress", "--model", str(vq12), "--video", str(video_file), "--frames", "4",
+                             "--footprint", "motion", "--override-spec", "--json")
+    assert code == 0 and "Traceback" not in err and "MISMATCH" not in err, err
+    assert json.loads(out.strip().splitlines()[-1])["compressor"]["footprint"] == "motion"
+    assert [x for x in err.splitlines() if "re-initialised" in x] == [
+        f"[llava-vqtoken] {vq12}: 1 trained compressor tensor(s) no longer fit the overridden spec and were "
+        "re-initialised (seed 0): attention.footprint_mlp.0.weight"
+    ]
+    loaded = load_model(str(vq12), {"footprint": "motion"}, allow_override=True, note=lambda _: None)
+    fresh = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(
+        tiny_model, video_compressor={"num_tokens": 12, "footprint": "motion"})
+    name = "model.video_compressor.attention.footprint_mlp.0.weight"
+    assert torch.equal(loaded.model.state_dict()[name], fresh.state_dict()[name])  # seeded, not left empty
+    kept = "model.video_compressor.attention.footprint_mlp.2.weight"
+    trained = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(vq12)
+    assert torch.equal(loaded.model.state_dict()[kept], trained.state_dict()[kept])  # what fits is kept

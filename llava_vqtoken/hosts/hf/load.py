@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ...config import CONFIG_KEY, CheckpointError
-from ...spec_rule import SpecDecision, resolve_spec
+from ...spec_rule import PARAMETER_FIELDS, SpecDecision, resolve_spec
 
 STOCK_TYPE = "llava_onevision"
 #: how to give a checkpoint folder the processor it lacks (README "transformers host")
@@ -99,11 +99,29 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(
-        path, video_compressor=None if keep else decision.spec.to_dict(), **kwargs
+    reshaped = bool(PARAMETER_FIELDS & set(decision.overridden))  # trained tensors may no longer fit
+    model, info = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(
+        path, video_compressor=None if keep else decision.spec.to_dict(), output_loading_info=True,
+        ignore_mismatched_sizes=reshaped, **kwargs
     )
+    _report_reinitialised(path, model, info.get("mismatched_keys") or (), note)
     processor = VQTokenLlavaOnevisionProcessor.from_stock(stock_processor, model.config)
     line = decision.line()
     if line:
         note(f"{path}: {line}")
     return LoadedModel(model, processor, decision, path)
+
+
+def _report_reinitialised(path: str, model, mismatched, note: Callable[[str], None]) -> None:
+    """One line naming the trained compressor tensors whose shape no longer fits an overridden spec
+    (dropped, new ones seeded from the spec's seed); a stock tensor that does not fit is refused."""
+    from .modeling import COMPRESSOR_PREFIX
+
+    names = sorted(k for k, *_ in mismatched)
+    stock = [k for k in names if not k.startswith(COMPRESSOR_PREFIX)]
+    if stock:
+        raise CheckpointError(f"{path}: stock weight(s) {', '.join(stock[:3])} do not fit this model's shapes")
+    if names:
+        shown = ", ".join(k[len(COMPRESSOR_PREFIX):] for k in names[:4]) + (", ..." if len(names) > 4 else "")
+        note(f"{path}: {len(names)} trained compressor tensor(s) no longer fit the overridden spec and were "
+             f"re-initialised (seed {model.config.compressor.seed}): {shown}")
