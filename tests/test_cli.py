@@ -80,6 +80,7 @@ def _zero_frame_video(path):
         ("frames0", ["--frames", "0"], "--frames must be >= 1"),
         ("k0", ["--num-tokens", "0"], "num_tokens"),
         ("ktoobig", ["--frames", "2", "--num-tokens", "5000"], "exceeds"),
+        ("heads", ["--heads", "3"], "does not fit this model: hidden size 64 is not divisible by heads=3"),
     ],
 )
 def test_bad_input_exit_2_one_line(capsys, tiny_model, video_file, tmp_path, case, args, message):

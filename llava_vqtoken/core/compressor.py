@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..config import CompressorConfig
+from ..config import CompressorConfig, ConfigError
 from .adaptive import adaptive_kmeans
 from .baselines import (
     pool_tokens,
@@ -455,4 +455,9 @@ def build_compressor(
     """The compressor named by ``config.name`` (``COMPRESSORS``). ``grid`` (H, W) is needed only by the
     released attention layout (its query width is H*W)."""
     config = CompressorConfig.from_dict(config)
-    return COMPRESSORS[config.name].build(config, hidden_size, grid)
+    try:
+        return COMPRESSORS[config.name].build(config, hidden_size, grid)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a spec that does not fit this model's width (e.g. heads): one line, not a crash
+        raise ConfigError(f"compressor config does not fit this model: {e}") from None
