@@ -454,9 +454,8 @@ def test_codebook_only_keeps_the_features_dtype(dtype):
         assert torch.equal(o.codebook, o.tokens)
 
 
-@pytest.mark.xfail(strict=True, reason="kmeans.normalize_tokens: vector_norm(dtype=float32) refuses float64 input "
-                   "(RuntimeError), although cosine_kmeans takes 'any float dtype'")
 def test_float64_features_compress():
+    # regression: kmeans.normalize_tokens' vector_norm(dtype=float32) refused float64 input (fixed in 2061d6c)
     x = batch().double()
     out = build_compressor(cfg(attention="none"), D)(x)
     assert out[0].tokens.dtype == torch.float64
