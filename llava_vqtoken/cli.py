@@ -253,7 +253,8 @@ def compress_result(
         "video": c.video,
         "model": model_dir,
         "random_weights": is_random(model_dir),
-        "compressor": cfg.replace(chunk_frames=c.chunk).to_dict(),
+        # an adaptive rule picks K per video: no fixed K is claimed (num_codes is the one used)
+        "compressor": cfg.replace(chunk_frames=c.chunk, num_tokens=None if cfg.adaptive else cfg.num_tokens).to_dict(),
         "frames": int(t),
         "frames_asked": int(c.plan.asked),
         "fps": a.fps,

@@ -99,8 +99,19 @@ def add_compressor_args(p: argparse.ArgumentParser) -> None:
 
 
 def overrides_from_args(a: argparse.Namespace) -> dict[str, Any]:
-    """The compressor fields typed on the command line (a typed ``none`` included)."""
+    """The compressor fields typed on the command line (a typed ``none`` included).
+
+    Raises ConfigError for ``--num-tokens K`` with ``--adaptive RULE``: the rule picks K per video, so
+    the K typed would be ignored (``CompressorConfig`` itself keeps accepting the pair: its default K)."""
     given: Sequence[str] | None = getattr(a, GIVEN, None)
     if given is None:  # a namespace built by hand: its non-None fields
-        return {k: getattr(a, k) for k in string_fields() if getattr(a, k, None) is not None}
-    return {k: getattr(a, k) for k in given}
+        typed = {k: getattr(a, k) for k in string_fields() if getattr(a, k, None) is not None}
+    else:
+        typed = {k: getattr(a, k) for k in given}
+    if typed.get("adaptive") is not None and typed.get("num_tokens") is not None:
+        raise ConfigError(
+            f"{flag_of('num_tokens')} {typed['num_tokens']} with {flag_of('adaptive')} {typed['adaptive']}: the rule "
+            f"picks K per video within {flag_of('min_codes')}..{flag_of('max_codes')}, so a fixed K would be ignored; "
+            f"drop {flag_of('num_tokens')} (or use {flag_of('adaptive')} none for a fixed K)"
+        )
+    return typed

@@ -244,3 +244,36 @@ def test_override_of_a_parameter_field_reinitialises_what_no_longer_fits(capsys,
     kept = "model.video_compressor.attention.footprint_mlp.2.weight"
     trained = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(vq12)
     assert torch.equal(loaded.model.state_dict()[kept], trained.state_dict()[kept])  # what fits is kept
+
+
+@pytest.mark.parametrize("command", ["compress", "export-remote"])
+def test_num_tokens_with_adaptive_is_refused(capsys, tiny_model, video_file, tmp_path, command):
+    """--adaptive elbow --num-tokens 16 ran 8 codes while --json said num_tokens 16: the K typed was ignored."""
+    where = ["--video", str(video_file), "--frames", "4"] if command == "compress" else ["--out", str(tmp_path / "o")]
+    code, _, err = run_cli(capsys, command, "--model", str(tiny_model), *where, "--adaptive", "elbow",
+                           "--num-tokens", "16")
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines() == [
+        "llava-vqtoken: error: --num-tokens 16 with --adaptive elbow: the rule picks K per video within "
+        "--min-codes..--max-codes, so a fixed K would be ignored; drop --num-tokens (or use --adaptive none for "
+        "a fixed K)"
+    ]
+
+
+def test_json_claims_no_fixed_k_for_an_adaptive_spec(capsys, tiny_model, video_file, tmp_path):
+    """A saved adaptive spec keeps a num_tokens the rule never uses: --json must not report it as the K."""
+    from transformers import AutoProcessor
+
+    from llava_vqtoken.hosts.hf import VQTokenLlavaOnevisionForConditionalGeneration, VQTokenLlavaOnevisionProcessor
+
+    spec = {"num_tokens": 16, "adaptive": "elbow", "min_codes": 4, "max_codes": 12}
+    m = VQTokenLlavaOnevisionForConditionalGeneration.from_pretrained(tiny_model, video_compressor=spec)
+    m.save_pretrained(tmp_path)
+    VQTokenLlavaOnevisionProcessor.from_stock(AutoProcessor.from_pretrained(tiny_model), m.config).save_pretrained(
+        tmp_path)
+    code, out, err = run_cli(capsys, "compress", "--model", str(tmp_path), "--video", str(video_file), "--frames", "4",
+                             "--json")
+    assert code == 0, err
+    d = json.loads(out.strip().splitlines()[-1])
+    assert d["compressor"]["adaptive"] == "elbow" and d["compressor"]["num_tokens"] is None
+    assert 4 <= d["num_codes"] <= 12

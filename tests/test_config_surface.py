@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from llava_vqtoken.config import FIELD_CHOICES, CompressorConfig, field_type, string_fields
+from llava_vqtoken.config import FIELD_CHOICES, CompressorConfig, ConfigError, field_type, string_fields
 from llava_vqtoken.config_flags import flag_of, overrides_from_args
 from llava_vqtoken.spec_rule import resolve_spec
 
@@ -105,6 +105,11 @@ def _cli_parser(command: str):
 def test_cli_flags(command, change):
     parser, required = _cli_parser(command)
     a = parser.parse_args([command, *required, *flags(change)])
+    spec = expected(change)
+    if spec.adaptive is not None and spec.num_tokens is not None:  # a K typed with a rule that picks K
+        with pytest.raises(ConfigError, match="--num-tokens 32 with --adaptive"):
+            overrides_from_args(a)
+        return
     given = overrides_from_args(a)
     assert given == full(change)  # every flag typed is given, a typed "none" included
     assert resolve_spec(None, given).spec == expected(change)
