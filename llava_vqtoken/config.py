@@ -155,6 +155,10 @@ class CompressorConfig:
             raise bad("footprint", f"is not one of {', '.join(FOOTPRINT)}")
         if self.heads < 1:
             raise bad("heads", "must be >= 1")
+        if self.footprint_freqs < 1:
+            raise bad("footprint_freqs", "must be >= 1 (octave frequencies of the footprint's Fourier features)")
+        if self.ffn_dim < 1:
+            raise bad("ffn_dim", "must be >= 1 (feed-forward width of the released decoder layer)")
         if self.chunk_frames < 0:
             raise bad("chunk_frames", "must be >= 0 (0: the whole video at once)")
         if self.chunk_frames and self.name != "vqtoken":

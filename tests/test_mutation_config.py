@@ -48,6 +48,12 @@ P = "compressor config: "
         (dict(codebook="x"), "codebook='x' is not one of raw, normalized"),
         (dict(footprint="x"), "footprint='x' is not one of marginal, motion"),
         (dict(heads=0), "heads=0 must be >= 1"),
+        (
+            dict(footprint_freqs=0),
+            "footprint_freqs=0 must be >= 1 (octave frequencies of the footprint's Fourier features)",
+        ),
+        (dict(ffn_dim=0), "ffn_dim=0 must be >= 1 (feed-forward width of the released decoder layer)"),
+        (dict(ffn_dim=-4), "ffn_dim=-4 must be >= 1 (feed-forward width of the released decoder layer)"),
         (dict(chunk_frames=-1), "chunk_frames=-1 must be >= 0 (0: the whole video at once)"),
         (
             dict(name="pool", chunk_frames=2),
