@@ -130,7 +130,8 @@ class CompressorConfig:
             raise bad("num_tokens", "must be a positive integer (the video's token budget)")
         if self.name in ("vqtoken", "uniform", "prune", "tome", "temporal_merge", "random"):
             if self.adaptive is None and self.num_tokens is None:
-                raise bad("num_tokens", f"is required by name={self.name!r}")
+                unless = " unless adaptive is set" if self.name == "vqtoken" else ""
+                raise ConfigError(f"compressor config: num_tokens is required by name={self.name!r}{unless}")
         if self.min_codes < 1:
             raise bad("min_codes", "must be >= 1")
         if self.max_codes < self.min_codes:
