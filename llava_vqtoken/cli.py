@@ -21,6 +21,13 @@ from .config_flags import EXIT_BAD_INPUT, OneLineParser, add_compressor_args, mo
 from .shapes import GRID, QWEN2, VIDEO_FRAMES
 from .spec_rule import resolve_spec
 
+#: --chunk-frames of ``compress``: not typed, a long VQToken clip is streamed anyway (stream_chunk)
+CHUNK_HELP = (
+    "config field chunk_frames: stream the clip N frames at a time (VQToken). Not given: a VQToken clip of "
+    "more than 32 frames is streamed 32 at a time (or as the checkpoint's spec says), a shorter one runs at "
+    "once; 0: always all at once"
+)
+
 
 class UsageError(ValueError):
     """A command-line value is invalid."""
@@ -43,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="frames sampled uniformly (default 32); with --fps, the most frames (then uniformly)")
     c.add_argument("--fps", type=float, default=None,
                    help="sample by time: every round(clip fps / FPS)-th frame, as LLaVA-Video's loaders do")
-    add_compressor_args(c)
+    add_compressor_args(c, notes={"chunk_frames": CHUNK_HELP})
     c.add_argument("--device", default="cpu")
     c.add_argument("--heatmap", help="write a PNG of sampled frames over their key-map colours")
     c.add_argument("--json", action="store_true", help="print one JSON object on the last line of stdout")

@@ -10,7 +10,7 @@ a fixed set take its values (``FIELD_CHOICES``). A flag not typed is "not given"
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +81,19 @@ def _metavar(name: str) -> str:
     return base.upper() + ("|none" if nullable else "")
 
 
-def add_compressor_args(p: argparse.ArgumentParser) -> None:
+def add_compressor_args(p: argparse.ArgumentParser, notes: Mapping[str, str] | None = None) -> None:
     """One flag per :class:`CompressorConfig` field (and ``--override-spec``). Not typed means "not
-    given": a stock checkpoint then gets the default, a VQToken checkpoint keeps its saved value."""
+    given": a stock checkpoint then gets the default, a VQToken checkpoint keeps its saved value.
+    ``notes``: what a command does with a field when its flag is not typed, shown in the field's help."""
     defaults = CompressorConfig()
+    notes = notes or {}
     p.set_defaults(**{GIVEN: ()})
     for name in string_fields():
         is_bool = field_type(name)[0] == "bool"
         p.add_argument(
             flag_of(name), dest=name, default=None, type=_value_type(name), action=_FieldAction,
             nargs="?" if is_bool else None, const=True if is_bool else None, metavar=_metavar(name),
-            help=f"config field {name} (default {getattr(defaults, name)!r})",
+            help=notes.get(name, f"config field {name} (default {getattr(defaults, name)!r})"),
         )
     p.add_argument(OVERRIDE_FLAG, action="store_true",
                    help="let the flags change a VQToken checkpoint's trained-with or parameter fields "

@@ -277,3 +277,15 @@ def test_json_claims_no_fixed_k_for_an_adaptive_spec(capsys, tiny_model, video_f
     d = json.loads(out.strip().splitlines()[-1])
     assert d["compressor"]["adaptive"] == "elbow" and d["compressor"]["num_tokens"] is None
     assert 4 <= d["num_codes"] <= 12
+
+
+def test_help_says_a_long_vqtoken_clip_streams_by_default(capsys):
+    """--help said '--chunk-frames ... (default 0)' while a 64-frame VQToken run streamed 32 at a time."""
+    from llava_vqtoken.hosts.hf.modeling import STREAM_CHUNK
+
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and "(default 0)" not in text.split("--chunk-frames INT", 2)[-1].split("--override")[0]
+    assert (f"Not given: a VQToken clip of more than {STREAM_CHUNK} frames is streamed {STREAM_CHUNK} at a time"
+            in text) and "0: always all at once" in text
