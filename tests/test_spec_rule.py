@@ -101,3 +101,22 @@ def test_a_setting_names_each_key_once_and_type_errors_read_well():
         CompressorConfig.parse_setting("vqtoken:num_tokens=12,num_tokens=32")
     with pytest.raises(ConfigError, match="is not an int$"):
         CompressorConfig.parse_setting("vqtoken:num_tokens=many")
+
+
+def _readme_fields(marker: str) -> set[str]:
+    """The backticked field names in the parentheses right after ``marker`` in README "Which spec runs"."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Which spec runs", 1)[1].split("\n## ", 1)[0]
+    listed = section.split(marker, 1)[1].split("(", 1)[1].split(")", 1)[0]
+    return set(re.findall(r"`([a-z_]+)`", listed))
+
+
+def test_readme_lists_the_same_fields_as_the_rule():
+    """README's lists left out oversample (refused, as trained-with) and chunk_frames (runtime)."""
+    names = {f.name for f in dataclasses.fields(CompressorConfig)} - {"extra"}
+    assert _readme_fields("**runtime** field") == RUNTIME_FIELDS
+    assert _readme_fields("**parameter** fields") == PARAMETER_FIELDS
+    assert _readme_fields("**trained-with** fields") == names - RUNTIME_FIELDS - PARAMETER_FIELDS
