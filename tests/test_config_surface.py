@@ -199,3 +199,20 @@ def test_bare_bool_flag_is_true_and_attention_none_is_a_mode():
     parser, _ = _cli_parser("compress")
     a = parser.parse_args(["compress", "--compile", "--attention", "none", "--cuda-graphs", "false"])
     assert overrides_from_args(a) == {"compile": True, "attention": "none", "cuda_graphs": False}
+
+
+def test_readme_spells_the_released_k_selection_as_released_sets_it():
+    """README named --adaptive elbow_released without its range: with the defaults (8..64) it is not the release's K."""
+    from pathlib import Path
+
+    spelling = "--adaptive elbow_released --min-codes 12 --max-codes 32"
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert f"`{spelling}`" in readme and "adaptive=elbow_released,min_codes=12,max_codes=32" in readme
+    parser, _ = _cli_parser("compress")
+    spec = resolve_spec(None, overrides_from_args(parser.parse_args(["compress", *spelling.split()]))).spec
+    released = CompressorConfig.released()
+    assert (spec.adaptive, spec.min_codes, spec.max_codes) == (released.adaptive, released.min_codes,
+                                                                released.max_codes)
+    settings = CompressorConfig.parse_setting("vqtoken:adaptive=elbow_released,min_codes=12,max_codes=32")
+    assert {k: settings[k] for k in ("adaptive", "min_codes", "max_codes")} == {
+        "adaptive": released.adaptive, "min_codes": released.min_codes, "max_codes": released.max_codes}
