@@ -21,8 +21,13 @@ Imported only on CUDA (``kmeans._use_triton``); it needs ``triton``, which comes
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+
+try:  # imported only where kmeans._use_triton found triton; a try block, which transformers' check of a
+    # trust_remote_code export's imports skips (the export ships this file beside the bundle)
+    import triton
+    import triton.language as tl
+except ImportError as err:
+    raise ImportError("llava_vqtoken.core.triton_kmeans needs triton (it comes with CUDA builds of torch)") from err
 
 #: warps per seeding program: a [L, M] tile of 16 x 2048 fp32 spread over 512 threads
 NUM_WARPS = 16

@@ -1,7 +1,8 @@
 """Export a checkpoint that loads with ``trust_remote_code=True`` where llava-vqtoken is not installed.
 
 The core and the transformers classes are bundled, in dependency order, into one module file that is
-written next to the weights, and ``auto_map`` entries point the Auto classes at it.
+written next to the weights (with ``SIDE_FILES``, which the bundle imports relatively), and ``auto_map``
+entries point the Auto classes at it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ BUNDLE_ORDER = [
     "hosts/hf/modeling.py",
 ]
 MODULE = "modeling_vqtoken_llava_onevision"
+#: files shipped beside the bundle as they are: the bundle imports them relatively, inside functions
+#: (transformers copies a remote-code module's relative imports with it)
+SIDE_FILES = ["core/triton_kmeans.py"]
 _RELATIVE = re.compile(r"^from \.+[\w.]* import (\((?:.|\n)*?\)|.*)$", re.M)
 
 
@@ -49,6 +53,8 @@ def export_remote_code(model, processor, out_dir: str | Path) -> Path:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     (out / f"{MODULE}.py").write_text(bundle_source())
+    for rel in SIDE_FILES:
+        (out / Path(rel).name).write_text((PACKAGE / rel).read_text())
     cfg = json.loads((out / "config.json").read_text())
     cfg["auto_map"] = {
         "AutoConfig": f"{MODULE}.VQTokenLlavaOnevisionConfig",
