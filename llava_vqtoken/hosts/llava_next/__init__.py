@@ -285,9 +285,9 @@ def pool_video(model, image_feature: torch.Tensor) -> torch.Tensor:
     side = model.get_vision_tower().num_patches_per_side
     video = comp(image_feature.reshape(1, t, side, side, d))[0]
     seen = getattr(model, "_vq_seen", None)
-    if seen is None:  # called outside prepare_with_one_call: this video alone
+    if not seen:  # the forward's first video (or a call outside prepare_with_one_call): start the lists
         model.get_model().last_video_tokens, model.get_model().last_video_key_maps = [], []
-    else:
+    if seen is not None:
         seen.append(video)
     model.get_model().last_video_tokens.append(video.num_tokens)
     model.get_model().last_video_key_maps.append(video.key_map)
@@ -328,7 +328,6 @@ def prepare_with_one_call(model, prepare, input_ids, position_ids, attention_mas
     if comp.config.chunk_frames:
         return _prepare_streamed(model, prepare, args)
     if not model.training:  # every video its own call in pool_video; last_video_* list them all
-        model.get_model().last_video_tokens, model.get_model().last_video_key_maps = [], []
         model._vq_seen = []
         try:
             return prepare(model, *args)
