@@ -19,6 +19,16 @@ if HAVE_LLAVA:
     use_offline_cache(os.environ["LLAVA_VQTOKEN_LLAVA_HOME"])
 
 
+@pytest.fixture(scope="module")
+def installed():
+    """The plugin patched into LLaVA-NeXT for one test module, and removed after it."""
+    from llava_vqtoken.hosts.llava_next import install, uninstall
+
+    install()
+    yield
+    uninstall()
+
+
 @pytest.fixture
 def stock_llava_qwen(tmp_path) -> Path:
     """A stock tiny llava_qwen checkpoint (no compressor), built in a fresh process, where the plugin

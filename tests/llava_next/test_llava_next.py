@@ -13,17 +13,9 @@ import torch
 pytest.importorskip("llava", reason="LLaVA-NeXT (package 'llava') is not installed")
 
 from llava_vqtoken.config import CompressorConfig  # noqa: E402
-from llava_vqtoken.hosts.llava_next import install, uninstall  # noqa: E402
 from llava_vqtoken.hosts.llava_next.tiny import build_tiny_llava_qwen  # noqa: E402
 
 SPEC = CompressorConfig(num_tokens=8).to_dict()
-
-
-@pytest.fixture(scope="module")
-def installed():
-    install()
-    yield
-    uninstall()
 
 
 def load(path, **kw):

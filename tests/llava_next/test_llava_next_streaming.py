@@ -11,7 +11,6 @@ pytest.importorskip("llava", reason="LLaVA-NeXT (package 'llava') is not install
 from llava_vqtoken.config import CompressorConfig  # noqa: E402
 from llava_vqtoken.core.compressor import CompressionError  # noqa: E402
 from llava_vqtoken.core.streaming import FeatureStore, compress_streamed  # noqa: E402
-from llava_vqtoken.hosts.llava_next import install, uninstall  # noqa: E402
 from llava_vqtoken.hosts.llava_next.tiny import build_tiny_llava_qwen  # noqa: E402
 
 K = 8
@@ -20,13 +19,6 @@ FRAMES = 7  # blocks of 3, 3, 1
 SIDE = 27  # SigLIP-384/14 patches per side
 REFUSAL = ("chunk_frames streams at inference only (eval mode, no gradients); set chunk_frames=0 "
            "to train")
-
-
-@pytest.fixture(scope="module")
-def installed():
-    install()
-    yield
-    uninstall()
 
 
 @pytest.fixture(scope="module")

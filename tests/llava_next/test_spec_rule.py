@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from llava_vqtoken.config import CheckpointError, CompressorConfig  # noqa: E402
 from llava_vqtoken.core.compressor import CompressionError  # noqa: E402
-from llava_vqtoken.hosts.llava_next import OVERRIDE_KEY, follow_training_flags, install, uninstall  # noqa: E402
+from llava_vqtoken.hosts.llava_next import OVERRIDE_KEY, follow_training_flags  # noqa: E402
 from llava_vqtoken.hosts.llava_next.tiny import build_tiny_llava_qwen  # noqa: E402
 
 VQ8 = CompressorConfig(num_tokens=8).to_dict()
@@ -35,13 +35,6 @@ def video_inputs(tokenizer, image_processor, frames=4):
     prompt = "<|im_start|>user\n<image>\nwhat moves ?<|im_end|>\n<|im_start|>assistant\n"
     ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt").unsqueeze(0)
     return ids, pixels
-
-
-@pytest.fixture(scope="module")
-def installed():
-    install()
-    yield
-    uninstall()
 
 
 @pytest.fixture(scope="module")
