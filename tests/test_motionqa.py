@@ -3,6 +3,7 @@
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,7 +129,7 @@ def test_report_pools_seeds_that_stopped_at_different_budgets_and_counts_learned
     from llava_vqtoken.motionqa.bench import report
 
     def run(seed, by_steps):
-        return {"label": "pool", "seed": seed, "visual_tokens": 33, "by_steps": {
+        return {"label": "pool", "seed": seed, "frames": 8, "visual_tokens": 33, "by_steps": {
             str(b): {"accuracy": {"direction": d, "all": d}} for b, d in by_steps.items()}}
 
     text = report([run(0, {1000: 50.0}), run(1, {1000: 100.0, 4000: 95.0}), run(2, {1000: 90.0, 4000: 25.0})],
@@ -137,7 +138,7 @@ def test_report_pools_seeds_that_stopped_at_different_budgets_and_counts_learned
     assert rows[1000]["seeds"] == 3 and rows[1000]["direction"] == pytest.approx(80.0)
     assert rows[4000]["seeds"] == 2 and rows[4000]["direction"] == pytest.approx(60.0)
     assert rows[1000]["learned"]["direction"] == 2 and rows[4000]["learned"]["direction"] == 1  # >= 90%
-    assert "| pool | 4000 | 33 | 2 | 60.0±35.0 (1/2) |" in text
+    assert "| pool | 8 | 4000 | 33 | 2 | 60.0±35.0 (1/2) |" in text
 
 
 def test_a_curriculum_outside_the_trained_question_types_is_refused(capsys):
@@ -184,10 +185,81 @@ def test_a_runner_owns_its_caches_and_shares_one_copy_of_the_pixels_between_sett
                              "--frames", "2", "--size", "32", "--batch", "4", "--device", "cpu", "--text-layers", "1",
                              "--text-hidden", "64", "--vision-layers", "1", "--curriculum-steps", "0"])
     runner = bench.Runner(args)
-    assert [runner.run(s, 0)["label"] for s in ("pool", "none")] == ["pool", "none"]
-    assert sorted(runner.pixels) == ["pixels_test", "pixels_train"] and sorted(runner.encoded) == ["none", "pool"]
+    assert [runner.run(s, 0, 2)["label"] for s in ("pool", "none")] == ["pool", "none"]
+    assert sorted(runner.pixels[2]) == ["pixels_test", "pixels_train"]
+    assert sorted(runner.encoded) == [("none", 2), ("pool", 2)]
     for split in ("train", "test"):
-        assert runner.encoded["pool"][split]["pixel_values_videos"] is runner.pixels[f"pixels_{split}"]
-        assert runner.encoded["none"][split]["pixel_values_videos"] is runner.pixels[f"pixels_{split}"]
+        for key in bench.PIXEL_KEYS:
+            assert runner.encoded[("pool", 2)][split][key] is runner.pixels[2][f"pixels_{split}"][key]
+            assert runner.encoded[("none", 2)][split][key] is runner.pixels[2][f"pixels_{split}"][key]
+    assert runner.run("pool", 0, 3)["frames"] == 3  # another clip length: its own splits and pixels
+    assert sorted(runner.pixels) == [2, 3] and len(runner.splits[3][0][0][0]) == 3
     assert bench.Runner(args).pixels == {}  # a second runner starts empty: no module-level cache
     assert not any(name in vars(bench) for name in ("_PIXELS", "_WORKER"))
+
+
+# sha256 (first 16 hex digits) of the clips of seeds 0, 1, 2 drawn by the frame-by-frame generator of
+# eb6cf60, before make_clip drew each distinct frame once: the clips must not change.
+KNOWN_CLIPS = {
+    (8, 48, 3, None, False): "f4de415e0b446856",
+    (8, 32, 3, 8, True): "c342618bdb2e3096",
+    (64, 32, 3, 8, True): "6bc5fc3b4c04f156",
+    (256, 32, 4, 8, True): "cbffbc18691e4a73",
+    (16, 64, 3, None, False): "d02be5257e6eff6a",
+    (1024, 32, 3, 8, True): "b91200fce412bc39",
+}
+
+
+@pytest.mark.parametrize("case", list(KNOWN_CLIPS))
+def test_clips_are_the_frame_by_frame_generators(case):
+    import hashlib
+
+    h = hashlib.sha256()
+    for seed in range(3):
+        h.update(make_episode(random.Random(seed), *case)[0].tobytes())
+    assert h.hexdigest()[:16] == KNOWN_CLIPS[case]
+
+
+def test_a_long_clip_is_kept_as_its_few_distinct_frames():
+    from llava_vqtoken.motionqa.data import make_clip
+
+    clip, objs = make_clip(random.Random(5), frames=1024, size=32, objects=3, cell=8, clear_motion=True)
+    full = clip.full()
+    assert len(clip) == 1024 and full.shape == (1024, 32, 32, 3) and len(clip.frames) <= 16
+    assert len(np.unique(full.reshape(1024, -1), axis=0)) == len(clip.frames)  # each distinct frame once
+    assert clip.index[0] == 0 and (np.diff(np.maximum.accumulate(clip.index)) >= 0).all()  # first-appearance order
+    assert max(o.start for o in objs) < 1024 // 2 + 2  # events in the first half (+2: the first one's solo frames)
+
+
+@pytest.mark.parametrize("setting", ["pool", "vqtoken"])
+def test_encoded_distinct_frames_draw_out_to_what_the_processor_gives_for_the_whole_clip(setting):
+    import llava_vqtoken.motionqa.bench as bench
+
+    model, proc = bench.build(parse_setting(setting, 8), 32, 8, 32, 32, 0, 1, 1)
+    split = make_split(3, 0, 40, 32, cell=8, clear_motion=True, refer="order")
+    data = bench.encode_all(proc, split, "cpu")
+    assert data["pixel_frames"].shape[1] < 40  # distinct frames only
+    got = bench.take(data, torch.tensor([2, 0]))
+    texts = [proc.apply_chat_template([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}],
+                                      add_generation_prompt=True) for _, _, q, _ in (split[2], split[0])]
+    whole = proc(text=texts, videos=[split[2][0].full(), split[0][0].full()], return_tensors="pt", padding=True)
+    assert torch.equal(got["input_ids"], whole["input_ids"])  # pool's count depends on T: 8 frames x 1 token here
+    assert torch.equal(got["pixel_values_videos"], whole["pixel_values_videos"])
+    assert got["pixel_values_videos"].shape == (2, 40, 3, 32, 32)
+
+
+def test_several_clip_lengths_give_one_row_each_and_a_plot_against_frames(tmp_path):
+    assert main(["--compressors", "pool", "--steps", "1", "--seeds", "0", "--train-size", "8", "--test-size", "4",
+                 "--frames", "2", "5", "--size", "32", "--batch", "4", "--device", "cpu", "--text-layers", "1",
+                 "--text-hidden", "64", "--vision-layers", "1", "--curriculum-steps", "0",
+                 "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "report.json").read_text())
+    assert [(r["run"], r["setting"], r["frames"]) for r in rows] == [("pool @2f", "pool", 2), ("pool @5f", "pool", 5)]
+    assert (tmp_path / "accuracy_vs_frames.png").stat().st_size > 0
+    assert "| pool | 5 | 1 |" in (tmp_path / "report.md").read_text()
+
+
+def test_zero_frames_is_refused_in_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--frames", "8", "0", "--device", "cpu"])
+    assert e.value.code == 2 and "--frames must be at least 1, got 0" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -40,6 +41,9 @@ DEFAULT_COMPRESSORS = [
     "vqtoken:footprint=motion", "pool", "prune", "tome", "temporal_merge", "none",
 ]
 
+
+#: an encoded split's pixels: each clip's distinct frames and, per frame, which of them it is
+PIXEL_KEYS = ("pixel_frames", "frame_index")
 
 LEARNED = 90.0  # accuracy (%) at which a question type counts as learned by a run
 
@@ -96,10 +100,28 @@ def build(spec: dict[str, Any], size: int, patch: int, vision_hidden: int, text_
     return model, proc
 
 
-def encode(proc, samples) -> dict[str, torch.Tensor]:
+def _pad_frames(frames: np.ndarray, width: int) -> np.ndarray:
+    """A clip's distinct frames padded to ``width`` with copies of its last (never indexed)."""
+    return np.concatenate([frames, np.repeat(frames[-1:], width - len(frames), 0)]) if width > len(frames) else frames
+
+
+def encode(proc, samples, width: int | None = None) -> dict[str, torch.Tensor]:
+    """Tokens, and pixels as each clip's distinct frames (``pixel_frames`` [B, U, 3, H, W], padded to
+    ``width``) with ``frame_index`` [B, T]: the video processor works frame by frame, so its output
+    for the whole clip is ``pixel_frames`` gathered by ``frame_index`` (see :func:`take`); the video
+    placeholder count is the one for the clip's T frames."""
+    from ..hosts.hf.modeling import tokens_per_video
+
     texts = [proc.apply_chat_template([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": p}]}],
                                       add_generation_prompt=True) for _, _, p, _ in samples]
-    batch = proc(text=texts, videos=[v for v, _, _, _ in samples], return_tensors="pt", padding=True)
+    clips = [c for c, _, _, _ in samples]
+    width = width or max(len(c.frames) for c in clips)
+    counts = [tokens_per_video(CompressorConfig.from_dict(proc.video_compressor), len(c), tuple(proc.video_grid))
+              for c in clips]
+    batch = proc(text=texts, videos=[_pad_frames(c.frames, width) for c in clips], return_tensors="pt",
+                 padding=True, num_video_tokens=None if None in counts else counts)
+    batch["pixel_frames"] = batch.pop("pixel_values_videos")
+    batch["frame_index"] = torch.from_numpy(np.stack([c.index for c in clips]))
     batch["answers"] = torch.tensor([a for _, _, _, a in samples])
     return batch
 
@@ -107,7 +129,8 @@ def encode(proc, samples) -> dict[str, torch.Tensor]:
 def encode_all(proc, samples, device, chunk: int = 256) -> dict[str, torch.Tensor]:
     """Encode a whole split once (left-padded to one width) and move it to ``device``: training then
     only indexes tensors, so a step costs the model's time and not the processor's."""
-    parts = [encode(proc, samples[i : i + chunk]) for i in range(0, len(samples), chunk)]
+    width = max(len(c.frames) for c, _, _, _ in samples)
+    parts = [encode(proc, samples[i : i + chunk], width) for i in range(0, len(samples), chunk)]
     width = max(p["input_ids"].shape[1] for p in parts)
     pad = proc.tokenizer.pad_token_id
     for p in parts:
@@ -119,8 +142,12 @@ def encode_all(proc, samples, device, chunk: int = 256) -> dict[str, torch.Tenso
 
 
 def take(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Rows ``idx`` of an encoded split; pixels are kept in half precision and come back as float32."""
-    return {k: v[idx].float() if v.dtype == torch.float16 else v[idx] for k, v in data.items()}
+    """Rows ``idx`` of an encoded split, with every clip's frames drawn out as ``pixel_values_videos``
+    [B, T, 3, H, W] float32 (the distinct frames are kept in half precision)."""
+    out = {k: v[idx] for k, v in data.items() if k not in PIXEL_KEYS}
+    frames, index = data["pixel_frames"][idx].float(), data["frame_index"][idx]
+    out["pixel_values_videos"] = frames[torch.arange(len(idx), device=index.device)[:, None], index]
+    return out
 
 
 def option_logits(model, batch, letter_ids: torch.Tensor, device) -> torch.Tensor:
@@ -189,9 +216,10 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None,
     if not encoded:
         encoded.update(train=encode_all(proc, train, device), test=encode_all(proc, test, device))
         for split in ("train", "test"):  # pixels are the same for every setting: keep one copy, in fp16
-            key = f"pixels_{split}"
-            pixels.setdefault(key, encoded[split]["pixel_values_videos"].half())
-            encoded[split]["pixel_values_videos"] = pixels[key]
+            mine = encoded[split]
+            shared = pixels.setdefault(f"pixels_{split}", {"pixel_frames": mine["pixel_frames"].half(),
+                                                           "frame_index": mine["frame_index"]})
+            mine.update(shared)
     tr, te = encoded["train"], encoded["test"]
     qtypes = [q for _, q, _, _ in test]
     phases = curriculum_schedule(train, args)
@@ -230,15 +258,18 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None,
 def report(runs: list[dict[str, Any]], out: Path) -> str:
     rows = []
     types = [t for t in TYPES if any(t in b["accuracy"] for r in runs for b in r["by_steps"].values())]
-    labels = list(dict.fromkeys(r["label"] for r in runs))  # order of first appearance
-    for label in labels:
-        mine = [r for r in runs if r["label"] == label]
+    groups = list(dict.fromkeys((r["label"], r.get("frames")) for r in runs))  # order of first appearance
+    lengths = {n for _, n in groups}
+    for label, frames in groups:
+        mine = [r for r in runs if (r["label"], r.get("frames")) == (label, frames)]
         for budget in sorted({b for r in mine for b in r["by_steps"]}, key=int):  # runs may stop at different budgets
             reached = [r for r in mine if budget in r["by_steps"]]
             accs = {t: [r["by_steps"][budget]["accuracy"].get(t, float("nan")) for r in reached]
                     for t in (*types, "all")}
             tokens = mine[0]["visual_tokens"]
-            row = {"run": label, "steps": int(budget), "visual_tokens": tokens, "seeds": len(reached),
+            run = label if len(lengths) == 1 else f"{label} @{frames}f"
+            row = {"run": run, "setting": label, "frames": frames, "steps": int(budget), "visual_tokens": tokens,
+                   "seeds": len(reached),
                    "learned": {t: sum(a >= LEARNED for a in v) for t, v in accs.items() if t != "all"}}
             for t, v in accs.items():
                 row[t] = statistics.mean(v)
@@ -246,11 +277,11 @@ def report(runs: list[dict[str, Any]], out: Path) -> str:
             row["tokdense"] = tokdense(row["all"], tokens) if tokens else None
             rows.append(row)
     (out / "report.json").write_text(json.dumps(rows, indent=1))
-    head = "| run | steps | tokens | seeds | " + " | ".join(types) + " | all | TokDense |"
-    lines = [head, "|" + "---|" * (6 + len(types))]
+    head = "| run | frames | steps | tokens | seeds | " + " | ".join(types) + " | all | TokDense |"
+    lines = [head, "|" + "---|" * (7 + len(types))]
     for r in rows:
         cells = " | ".join(f"{r[t]:.1f}±{r[t + '_sd']:.1f} ({r['learned'][t]}/{r['seeds']})" for t in types)
-        lines.append(f"| {r['run']} | {r['steps']} | {r['visual_tokens']} | {r['seeds']} | {cells} "
+        lines.append(f"| {r['setting']} | {r['frames']} | {r['steps']} | {r['visual_tokens']} | {r['seeds']} | {cells} "
                      f"| {r['all']:.1f}±{r['all_sd']:.1f} | {r['tokdense']:.3f} |")
     text = "\n".join(lines) + (f"\n\nChance is 25%. Mean ± population s.d. over seeds; (n/N): n of N seeds reached "
                                f"{LEARNED:.0f}% on that question type.\n")
@@ -279,37 +310,44 @@ def report(runs: list[dict[str, Any]], out: Path) -> str:
         plt.close(fig)
         plot_by_type(rows, types, out / "accuracy_by_type.png", plt)
         plot_by_steps(rows, types, out / "accuracy_vs_steps.png", plt)
+        if len(lengths) > 1:
+            plot_by_frames(rows, out / "accuracy_vs_frames.png", plt)
     except ImportError:  # pragma: no cover
         pass
     return text
 
 
-def make_splits(a: argparse.Namespace) -> tuple[list, list]:
+def make_splits(a: argparse.Namespace, frames: int) -> tuple[list, list]:
+    """The training and test splits of clips of ``frames`` frames (the same clips in every process)."""
     shuffle = a.option_order == "shuffled"
     cell = a.patch if a.grid_objects else None
     types = tuple(a.types)
-    args = (a.frames, a.size, a.objects, shuffle, cell, types, a.refer, a.clear_motion)
+    args = (frames, a.size, a.objects, shuffle, cell, types, a.refer, a.clear_motion)
     return make_split(a.train_size, 1000, *args), make_split(a.test_size, 2000, *args)
 
 
 class Runner:
-    """The runs of one process: builds the splits once and keeps, per setting, the encoded splits (shared
-    by its seeds) and one half-precision copy of the pixels (the same for every setting)."""
+    """The runs of one process: builds the splits of each clip length once and keeps, per (setting, clip
+    length), the encoded splits (shared by its seeds) and, per clip length, one half-precision copy of
+    the pixels (the same for every setting)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         if args.device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        self.train, self.test = make_splits(args)
-        self.encoded: dict[str, dict[str, Any]] = {}
-        self.pixels: dict[str, torch.Tensor] = {}
+        self.splits: dict[int, tuple[list, list]] = {}
+        self.encoded: dict[tuple[str, int], dict[str, Any]] = {}
+        self.pixels: dict[int, dict[str, Any]] = {}
 
-    def run(self, setting: str, seed: int) -> dict[str, Any]:
-        """One (setting, seed) run."""
+    def run(self, setting: str, seed: int, frames: int) -> dict[str, Any]:
+        """One (setting, seed, clip length) run."""
         a = self.args
-        res = run_one(parse_setting(setting, a.num_tokens), self.train, self.test, a, seed, torch.device(a.device),
-                      self.encoded.setdefault(setting, {}), self.pixels)
-        res["label"] = setting
+        if frames not in self.splits:
+            self.splits[frames] = make_splits(a, frames)
+        train, test = self.splits[frames]
+        res = run_one(parse_setting(setting, a.num_tokens), train, test, a, seed, torch.device(a.device),
+                      self.encoded.setdefault((setting, frames), {}), self.pixels.setdefault(frames, {}))
+        res["label"], res["frames"] = setting, frames
         res["curriculum"] = [[n, list(types)] for n, types in curriculum_phases(a)]
         return res
 
@@ -323,16 +361,16 @@ def _serve(args: argparse.Namespace, threads: int, jobs, results) -> None:
     the error that stopped it, goes to ``results``."""
     torch.set_num_threads(threads)
     runner: Runner | None = None
-    for setting, seed in iter(jobs.get, None):
+    for setting, seed, frames in iter(jobs.get, None):
         try:
             runner = runner or Runner(args)
-            results.put((True, runner.run(setting, seed)))
+            results.put((True, runner.run(setting, seed, frames)))
         except Exception:
-            results.put((False, f"{setting} seed {seed}:\n{traceback.format_exc()}"))
+            results.put((False, f"{setting} seed {seed} at {frames} frames:\n{traceback.format_exc()}"))
             return
 
 
-def run_parallel(jobs: list[tuple[str, int]], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+def run_parallel(jobs: list[tuple[str, int, int]], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """``args.workers`` processes on ``args.device``, each with its own Runner; results in finish order."""
     import multiprocessing as mp
 
@@ -366,15 +404,42 @@ def _next_result(done, procs) -> tuple[bool, Any]:
                 raise RuntimeError("motionqa: every worker process exited before all runs finished") from None
 
 
-def run_all(jobs: list[tuple[str, int]], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """Every (setting, seed) run: in this process, or in ``--workers`` processes."""
+def run_all(jobs: list[tuple[str, int, int]], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Every (setting, seed, clip length) run: in this process, or in ``--workers`` processes."""
     if args.workers > 1:
         yield from run_parallel(jobs, args)
         return
     runner: Runner | None = None
-    for setting, seed in jobs:
+    for setting, seed, frames in jobs:
         runner = runner or Runner(args)
-        yield runner.run(setting, seed)
+        yield runner.run(setting, seed, frames)
+
+
+def plot_by_frames(rows: list[dict[str, Any]], path: Path, plt) -> None:
+    """Accuracy (all question types) against frames per clip at the shared token budget, one line per
+    setting and one panel per training budget, the seed spread as error bars and chance dashed."""
+    budgets = sorted({r["steps"] for r in rows})
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.6 * len(budgets) + 1.8, 3.6), squeeze=False, sharey=True)
+    for ax, steps in zip(axes[0], budgets):
+        for setting in settings:
+            mine = (r for r in rows if r["setting"] == setting and r["steps"] == steps)
+            sub = sorted(mine, key=lambda r: r["frames"])
+            if sub:
+                tokens = sorted({r["visual_tokens"] for r in sub})
+                ax.errorbar([r["frames"] for r in sub], [r["all"] for r in sub], [r["all_sd"] for r in sub],
+                            marker="o", ms=3, capsize=3, label=f"{setting} ({'/'.join(map(str, tokens))} tok)")
+        ax.axhline(25, ls="--", c="grey", lw=0.8, label="chance")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("frames per clip")
+        ax.set_title(f"{steps} training steps", fontsize=9)
+        ax.set_ylim(0, 105)
+    axes[0, 0].set_ylabel("accuracy (%), mean over seeds")
+    axes[0, -1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("synthetic motion-QA, tiny model trained from scratch per run", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_by_type(rows: list[dict[str, Any]], types: list[str], path: Path, plt) -> None:
@@ -452,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. --curriculum-steps 500 500 --curriculum-types direction direction,identity)")
     p.add_argument("--train-size", type=int, default=16000)
     p.add_argument("--test-size", type=int, default=400)
-    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--frames", nargs="+", type=int, default=[8],
+                   help="frames per clip; several values: one run per length, and accuracy_vs_frames.png")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--patch", type=int, default=8)
     p.add_argument("--vision-hidden", type=int, default=96)
@@ -482,6 +548,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags, with the curriculum checked against --types (one line, exit 2)."""
     p = build_parser()
     a = p.parse_args(argv)
+    if min(a.frames) < 1:
+        p.error(f"--frames must be at least 1, got {min(a.frames)}")
     try:
         phases = curriculum_phases(a)
     except ValueError as e:
@@ -497,12 +565,13 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(s, seed) for seed in a.seeds for s in a.compressors]  # seed-major: a cut-short run covers every setting
+    # seed-major: a cut-short run covers every setting and clip length
+    jobs = [(s, seed, n) for seed in a.seeds for n in a.frames for s in a.compressors]
     order = {job: i for i, job in enumerate(jobs)}
     runs: list[dict[str, Any]] = []
     for res in tqdm(run_all(jobs, a), total=len(jobs), desc="motionqa"):
         runs.append(res)
-        runs.sort(key=lambda r: order[(r["label"], r["seed"])])
+        runs.sort(key=lambda r: order[(r["label"], r["seed"], r["frames"])])
         (out / "results.json").write_text(json.dumps(runs, indent=1))
     print(report(runs, out))
     return 0

@@ -43,23 +43,51 @@ def _mask(shape: str, size: int) -> np.ndarray:
     return (np.abs(yy - c) <= size / 6) | (np.abs(xx - c) <= size / 6)  # cross
 
 
-def make_episode(
-    rng: random.Random,
-    frames: int = 16,
-    size: int = 64,
-    objects: int = 3,
-    cell: int | None = None,
-    clear_motion: bool = False,
-) -> tuple[np.ndarray, list[Obj]]:
-    """One clip [T, size, size, 3] uint8 and its objects (distinct colours, at least 2 moving).
+@dataclass
+class Clip:
+    """A clip kept as its distinct frames: ``frames`` [U, size, size, 3] uint8 in order of first
+    appearance and ``index`` [T] (frame t is ``frames[index[t]]``). Objects move for a few frames and
+    then rest, so a clip of thousands of frames has a handful of distinct ones: a long split fits in
+    memory, and a per-frame processor needs to see only these."""
 
-    With ``cell`` (the vision tower's patch size) every object is one patch drawn on the patch grid
-    and moves by whole patches: what a token holds is then unambiguous, so the benchmark measures
-    what compression keeps rather than how fast a tower learns sub-patch shapes.
+    frames: np.ndarray
+    index: np.ndarray
 
-    ``clear_motion``: a moving object moves one object width per frame and starts with room to move
-    along its direction, and the object that appears first is alone for its first two frames, so
-    its direction shows without tracking it among the others."""
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def full(self) -> np.ndarray:
+        """The clip as [T, size, size, 3] uint8."""
+        return self.frames[self.index]
+
+
+def _positions(o: Obj, frames: int, size: int, obj_size: int, speed: float, cell: int | None) -> np.ndarray:
+    """[T, 3] int: (visible, y, x) of one object at every frame (y, x are 0 before it appears)."""
+    t = np.arange(frames)
+    dy, dx = DIRECTIONS[o.direction] if o.direction else (0, 0)
+    y = np.clip(o.y + dy * speed * (t - o.start), 0, size - obj_size).astype(np.int64)  # int(): floor, >= 0
+    x = np.clip(o.x + dx * speed * (t - o.start), 0, size - obj_size).astype(np.int64)
+    if cell:
+        y, x = (np.round(c / cell).astype(np.int64) * cell for c in (y, x))  # round half to even, as round()
+    visible = t >= o.start
+    return np.stack([visible, y * visible, x * visible], 1)
+
+
+def _place(o: Obj, size: int, obj_size: int, s0: int, frames: int) -> None:
+    """Clear motion: start at least two frames after the first object, on the side it moves away from,
+    on whole steps."""
+    if o.start != s0:
+        o.start = min(max(o.start, s0 + 2), frames - 1)
+    if o.direction:  # map the drawn position (0.3-0.7 of the field) to the side it moves away from
+        dy, dx = DIRECTIONS[o.direction]
+        for axis, step in (("y", dy), ("x", dx)):
+            if step:
+                frac = (getattr(o, axis) / size - 0.3) / 0.4
+                setattr(o, axis, (size - obj_size) * (frac * 0.35 if step > 0 else 0.65 + frac * 0.35))
+    o.y, o.x = (float(obj_size * int(c / obj_size + 0.5)) for c in (o.y, o.x))  # whole steps
+
+
+def _objects(rng: random.Random, frames: int, size: int, objects: int) -> list[Obj]:
     colors = rng.sample(list(COLORS), objects)
     objs = []
     n_moving = rng.randint(2, objects)
@@ -71,35 +99,63 @@ def make_episode(
     first = min(range(objects), key=lambda i: objs[i].start)
     if objs[first].direction is None:  # the object that appears first always moves
         objs[first].start, objs[0].start = objs[0].start, objs[first].start
+    return objs
+
+
+def make_clip(
+    rng: random.Random,
+    frames: int = 16,
+    size: int = 64,
+    objects: int = 3,
+    cell: int | None = None,
+    clear_motion: bool = False,
+) -> tuple[Clip, list[Obj]]:
+    """One clip and its objects (distinct colours, at least 2 moving), as :class:`Clip`.
+
+    With ``cell`` (the vision tower's patch size) every object is one patch drawn on the patch grid
+    and moves by whole patches: what a token holds is then unambiguous, so the benchmark measures
+    what compression keeps rather than how fast a tower learns sub-patch shapes.
+
+    ``clear_motion``: a moving object moves one object width per frame and starts with room to move
+    along its direction, and the object that appears first is alone for its first two frames, so
+    its direction shows without tracking it among the others.
+
+    Objects appear at frames drawn from the clip's first half, so in a long clip the events (an
+    object appearing, its few frames of motion) are spread out between long still stretches."""
+    objs = _objects(rng, frames, size, objects)
     obj_size = cell or max(6, size // 6)
     speed = size * 0.4 / frames
     if clear_motion:
         speed = float(obj_size)
         s0 = min(o.start for o in objs)
         for o in objs:
-            if o.start != s0:
-                o.start = min(max(o.start, s0 + 2), frames - 1)
-            if o.direction:  # map the drawn position (0.3-0.7 of the field) to the side it moves away from
-                dy, dx = DIRECTIONS[o.direction]
-                for axis, step in (("y", dy), ("x", dx)):
-                    if step:
-                        frac = (getattr(o, axis) / size - 0.3) / 0.4
-                        setattr(o, axis, (size - obj_size) * (frac * 0.35 if step > 0 else 0.65 + frac * 0.35))
-            o.y, o.x = (float(obj_size * int(c / obj_size + 0.5)) for c in (o.y, o.x))  # whole steps
+            _place(o, size, obj_size, s0, frames)
     rng.shuffle(objs)
-    video = np.full((frames, size, size, 3), 110, np.uint8)
-    for t in range(frames):
-        for o in objs:
-            if t < o.start:
-                continue
-            dy, dx = DIRECTIONS[o.direction] if o.direction else (0, 0)
-            y = int(np.clip(o.y + dy * speed * (t - o.start), 0, size - obj_size))
-            x = int(np.clip(o.x + dx * speed * (t - o.start), 0, size - obj_size))
-            if cell:
-                y, x = round(y / cell) * cell, round(x / cell) * cell
-            m = _mask(o.shape, obj_size)
-            video[t, y : y + obj_size, x : x + obj_size][m] = COLORS[o.color]
-    return video, objs
+    states = np.concatenate([_positions(o, frames, size, obj_size, speed, cell) for o in objs], 1)
+    _, first, inverse = np.unique(states, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # distinct frames in order of first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    out = np.full((len(order), size, size, 3), 110, np.uint8)
+    for u, t in enumerate(first[order]):
+        for i, o in enumerate(objs):
+            visible, y, x = states[t, 3 * i : 3 * i + 3]
+            if visible:
+                out[u, y : y + obj_size, x : x + obj_size][_mask(o.shape, obj_size)] = COLORS[o.color]
+    return Clip(out, rank[inverse.reshape(-1)]), objs
+
+
+def make_episode(
+    rng: random.Random,
+    frames: int = 16,
+    size: int = 64,
+    objects: int = 3,
+    cell: int | None = None,
+    clear_motion: bool = False,
+) -> tuple[np.ndarray, list[Obj]]:
+    """One clip [T, size, size, 3] uint8 and its objects: :func:`make_clip` with every frame drawn out."""
+    clip, objs = make_clip(rng, frames, size, objects, cell, clear_motion)
+    return clip.full(), objs
 
 
 def make_question(
@@ -160,15 +216,16 @@ def make_split(
     refer: str = "color",
     clear_motion: bool = False,
 ):
-    """n samples: (video, question type, prompt, answer index), the question ``types`` balanced."""
+    """n samples: (clip, question type, prompt, answer index), the question ``types`` balanced; each
+    clip is a :class:`Clip` (its distinct frames), so thousands of frames per clip stay small."""
     unknown = set(types) - set(TYPES)
     if unknown or not types:
         raise ValueError(f"question types must be a non-empty subset of {TYPES}, got {tuple(types)}")
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        video, objs = make_episode(rng, frames, size, objects, cell, clear_motion)
+        clip, objs = make_clip(rng, frames, size, objects, cell, clear_motion)
         qtype = types[i % len(types)]
         q, opts, ans = make_question(rng, objs, qtype, shuffle_options, refer)
-        out.append((video, qtype, prompt_text(q, opts), ans))
+        out.append((clip, qtype, prompt_text(q, opts), ans))
     return out
