@@ -263,3 +263,24 @@ def test_zero_frames_is_refused_in_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--frames", "8", "0", "--device", "cpu"])
     assert e.value.code == 2 and "--frames must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_results_of_separate_invocations_report_together(tmp_path, capsys):
+    def run(frames, acc):
+        return {"label": "pool", "seed": 0, "frames": frames, "visual_tokens": 33,
+                "by_steps": {"10": {"accuracy": {"direction": acc, "all": acc}}}}
+
+    (tmp_path / "a.json").write_text(json.dumps([run(8, 90.0)]))
+    (tmp_path / "b.json").write_text(json.dumps([run(1024, 30.0)]))
+    assert main(["--from-results", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out",
+                 str(tmp_path / "all")]) == 0
+    rows = json.loads((tmp_path / "all" / "report.json").read_text())
+    assert [(r["frames"], r["all"]) for r in rows] == [(8, 90.0), (1024, 30.0)]
+    assert (tmp_path / "all" / "accuracy_vs_frames.png").stat().st_size > 0
+    assert len(json.loads((tmp_path / "all" / "results.json").read_text())) == 2
+    assert main(["--from-results", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--from-results" in err and "missing.json" in err and "Traceback" not in err
+    assert main(["--from-results", str(tmp_path / "a.json"), str(tmp_path / "all" / "results.json"), "--out",
+                 str(tmp_path / "y")]) == 2  # a run given twice would count as two seeds
+    assert "pool seed 0 at 8 frames is also in" in capsys.readouterr().err

@@ -258,7 +258,9 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None,
 def report(runs: list[dict[str, Any]], out: Path) -> str:
     rows = []
     types = [t for t in TYPES if any(t in b["accuracy"] for r in runs for b in r["by_steps"].values())]
-    groups = list(dict.fromkeys((r["label"], r.get("frames")) for r in runs))  # order of first appearance
+    labels = list(dict.fromkeys(r["label"] for r in runs))  # settings in order of first appearance, then by length
+    groups = sorted(dict.fromkeys((r["label"], r.get("frames")) for r in runs),
+                    key=lambda g: (labels.index(g[0]), g[1] or 0))
     lengths = {n for _, n in groups}
     for label, frames in groups:
         mine = [r for r in runs if (r["label"], r.get("frames")) == (label, frames)]
@@ -541,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs trained at once, each in its own process on --device (small models leave a GPU idle)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="runs/motionqa")
+    p.add_argument("--from-results", nargs="+", metavar="RESULTS_JSON",
+                   help="train nothing: write the report and plots of these results.json files (e.g. clip lengths "
+                        "run separately) together into --out")
     return p
 
 
@@ -561,9 +566,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def load_results(paths: list[str]) -> list[dict[str, Any]]:
+    """The runs of several results.json files, in the order given; a missing or unreadable file, or a
+    run found twice, is a ValueError naming it."""
+    runs: list[dict[str, Any]] = []
+    seen: dict[tuple, str] = {}
+    for path in paths:
+        try:
+            mine = json.loads(Path(path).read_text())
+            keys = [(r["label"], r["seed"], r.get("frames")) for r in mine]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--from-results {path}: not a motionqa results.json ({e})") from None
+        for key in keys:
+            if key in seen:  # the same run twice would count as two seeds
+                raise ValueError(f"--from-results {path}: {key[0]} seed {key[1]} at {key[2]} frames is also in "
+                                 f"{seen[key]}")
+            seen[key] = path
+        runs.extend(mine)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     out = Path(a.out)
+    if a.from_results:
+        try:
+            runs = load_results(a.from_results)
+        except ValueError as e:
+            print(f"llava-vqtoken motionqa: error: {e}", file=sys.stderr)
+            return 2
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(runs, indent=1))
+        print(report(runs, out))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     # seed-major: a cut-short run covers every setting and clip length
     jobs = [(s, seed, n) for seed in a.seeds for n in a.frames for s in a.compressors]
