@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch._dynamo
 
-from llava_vqtoken.core.graphs import RECOMPILE_LIMIT, CodeCache, _signature, compile_scope, maybe_graphed
+from llava_vqtoken.core.graphs import MAX_GRAPHS, RECOMPILE_LIMIT, CodeCache, _signature, compile_scope, maybe_graphed
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -49,7 +49,7 @@ def test_copies_and_pickles_start_empty():
     assert len(cache) == 1 and cache.keys() == [("a",)]
     clone = copy.deepcopy(cache)
     assert isinstance(clone, CodeCache) and clone is not cache and len(clone) == 0 and clone._compiled == {}
-    assert cache.__getstate__() == {"_graphs": {}, "_compiled": {}}
+    assert cache.__getstate__() == {"max_graphs": MAX_GRAPHS, "_graphs": {}, "_compiled": {}}
     restored = pickle.loads(pickle.dumps(CodeCache()))
     assert len(restored) == 0 and restored._compiled == {}
     holder = {"c": cache}

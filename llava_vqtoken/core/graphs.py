@@ -10,11 +10,17 @@ a graph captured for one compressor can never be replayed for another (addresses
 and parameters are reused by the allocator). Entries are keyed on everything that changes the
 computation: the caller's key (which includes the full config), the function, the input shapes,
 dtypes and devices, and the keyword settings.
+
+A graph holds its inputs' static copies, its outputs and its memory pool, sized by the clip: a cache
+keeps the :data:`MAX_GRAPHS` most recently used and frees the rest, so compressing clips of many
+lengths in memory (``--fps`` sampling gives every video its own length) does not grow without bound.
+A fixed-K clip shape uses two graphs and an adaptive one three.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -24,6 +30,9 @@ import torch
 #: re-seed and mask combination; dynamo's default of 8 would silently fall back to eager)
 RECOMPILE_LIMIT = 64
 
+#: captured graphs a cache keeps (least recently used freed first): a few clip and batch shapes
+MAX_GRAPHS = 16
+
 
 def _signature(args: Sequence[torch.Tensor | None]) -> tuple:
     return tuple(None if a is None else (tuple(a.shape), a.dtype, str(a.device)) for a in args)
@@ -32,15 +41,32 @@ def _signature(args: Sequence[torch.Tensor | None]) -> tuple:
 class CodeCache:
     """CUDA graphs and ``torch.compile``d functions of one owner (never shared between owners)."""
 
-    def __init__(self) -> None:
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list, Any]] = {}
+    def __init__(self, max_graphs: int = MAX_GRAPHS) -> None:
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[tuple, tuple[Any, list, Any]] = OrderedDict()
         self._compiled: dict[Callable[..., Any], Callable[..., Any]] = {}
 
     def __deepcopy__(self, memo: dict) -> CodeCache:
-        return CodeCache()  # a copy of the owner captures its own graphs (these read the original's memory)
+        # a copy of the owner captures its own graphs (these read the original's memory)
+        return CodeCache(self.max_graphs)
 
     def __getstate__(self) -> dict:
-        return {"_graphs": {}, "_compiled": {}}
+        return {"max_graphs": self.max_graphs, "_graphs": OrderedDict(), "_compiled": {}}
+
+    def _recall(self, key: tuple) -> Any:
+        """The entry under ``key`` (now the most recently used), or None."""
+        entry = self._graphs.get(key)
+        if entry is not None:
+            self._graphs.move_to_end(key)
+        return entry
+
+    def _remember(self, key: tuple, entry: Any) -> None:
+        """Keep ``entry``; free the least recently used beyond ``max_graphs``."""
+        self._graphs[key] = entry
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -68,7 +94,7 @@ class CodeCache:
 
     def _graphed(self, key: tuple, fn: Callable[..., Any], args: Sequence[torch.Tensor | None], kwargs: dict) -> Any:
         full_key = (fn.__qualname__, key, _signature(args), tuple(sorted(kwargs.items())))
-        entry = self._graphs.get(full_key)
+        entry = self._recall(full_key)
         if entry is None:
             static = [None if a is None else a.clone() for a in args]
             side = torch.cuda.Stream()
@@ -81,7 +107,7 @@ class CodeCache:
             with torch.cuda.graph(graph), torch.no_grad():
                 out = fn(*static, **kwargs)
             entry = (graph, static, out)
-            self._graphs[full_key] = entry
+            self._remember(full_key, entry)
         graph, static, out = entry
         for s, a in zip(static, args):
             if s is not None:
