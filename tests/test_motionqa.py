@@ -284,3 +284,32 @@ def test_results_of_separate_invocations_report_together(tmp_path, capsys):
     assert main(["--from-results", str(tmp_path / "a.json"), str(tmp_path / "all" / "results.json"), "--out",
                  str(tmp_path / "y")]) == 2  # a run given twice would count as two seeds
     assert "pool seed 0 at 8 frames is also in" in capsys.readouterr().err
+
+
+def test_a_run_cut_short_keeps_the_budgets_it_reached(tmp_path, monkeypatch):
+    import llava_vqtoken.motionqa.bench as bench
+
+    args = bench.parse_args(["--compressors", "pool", "--steps", "1", "2", "--train-size", "8", "--test-size", "4",
+                             "--frames", "2", "--size", "32", "--batch", "4", "--device", "cpu", "--text-layers", "1",
+                             "--text-hidden", "64", "--vision-layers", "1", "--curriculum-steps", "0"])
+    seen: list[dict] = []
+    final = bench.Runner(args).run("pool", 0, 2, seen.append)
+    assert [(r["label"], r["frames"], r["complete"], sorted(r["by_steps"])) for r in seen] == [("pool", 2, False, [1])]
+    assert final["complete"] and sorted(final["by_steps"]) == [1, 2]
+    assert seen[0]["by_steps"][1] == final["by_steps"][1] and seen[0]["visual_tokens"] == final["visual_tokens"] == 33
+
+    real_run = bench.Runner.run
+
+    def killed_after_first_budget(self, setting, seed, frames, progress=None):
+        def stop(res):
+            progress(res)
+            raise KeyboardInterrupt  # the device's time limit, say
+        return real_run(self, setting, seed, frames, stop)
+
+    monkeypatch.setattr(bench.Runner, "run", killed_after_first_budget)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--compressors", "pool", "--steps", "1", "2", "--train-size", "8", "--test-size", "4", "--frames", "2",
+              "--size", "32", "--batch", "4", "--device", "cpu", "--text-layers", "1", "--text-hidden", "64",
+              "--vision-layers", "1", "--curriculum-steps", "0", "--out", str(tmp_path)])
+    kept = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["label"], r["complete"], list(r["by_steps"])) for r in kept] == [("pool", False, ["1"])]

@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,10 +198,12 @@ def batch_rows(step: int, phases: list[tuple[int, torch.Tensor]], n_train: int, 
 
 
 def run_one(spec, train, test, args, seed, device, encoded: dict | None = None,
-            pixels: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """Train one model from scratch on ``train`` and evaluate it on ``test`` at each budget.
-    ``encoded`` caches the encoded splits between seeds of one setting; ``pixels`` keeps one
-    half-precision copy of each split's pixels for every setting (they are the same)."""
+            pixels: dict[str, torch.Tensor] | None = None,
+            progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train one model from scratch on ``train`` and evaluate it on ``test`` at each budget; after
+    each but the last, ``progress`` gets the results so far (``complete`` False), so a run cut short
+    keeps the budgets it reached. ``encoded`` caches the encoded splits between seeds of one setting;
+    ``pixels`` keeps one half-precision copy of each split's pixels for every setting (they are the same)."""
     model, proc = build(spec, args.size, args.patch, args.vision_hidden, args.text_hidden, seed,
                         args.vision_layers, args.text_layers)
     model.to(device).train()
@@ -210,7 +212,7 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None,
     warmup = max(1, args.warmup)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     gen = torch.Generator().manual_seed(seed)
-    results: dict[str, Any] = {"spec": spec, "seed": seed, "by_steps": {}}
+    results: dict[str, Any] = {"spec": spec, "seed": seed, "by_steps": {}, "complete": False}
     encoded = {} if encoded is None else encoded
     pixels = {} if pixels is None else pixels
     if not encoded:
@@ -251,7 +253,10 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None,
         tqdm.write(f"{spec_label(spec)} seed {seed} at {budget} steps: "
                    + " ".join(f"{t} {v:.0f}" for t, v in acc.items())
                    + f" | loss {float(loss.detach()):.3f} | {time.perf_counter() - t0:.0f} s")
-    results["visual_tokens"] = int(model.model.last_video_tokens[0]) if model.model.last_video_tokens else None
+        results["visual_tokens"] = int(model.model.last_video_tokens[0]) if model.model.last_video_tokens else None
+        if progress is not None and budget != max(args.steps):
+            progress(dict(results, by_steps=dict(results["by_steps"])))  # a copy: later budgets go to the run's own
+    results["complete"] = True
     return results
 
 
@@ -341,17 +346,23 @@ class Runner:
         self.encoded: dict[tuple[str, int], dict[str, Any]] = {}
         self.pixels: dict[int, dict[str, Any]] = {}
 
-    def run(self, setting: str, seed: int, frames: int) -> dict[str, Any]:
-        """One (setting, seed, clip length) run."""
+    def run(self, setting: str, seed: int, frames: int,
+            progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """One (setting, seed, clip length) run; ``progress`` gets its results after each budget but the last."""
         a = self.args
         if frames not in self.splits:
             self.splits[frames] = make_splits(a, frames)
         train, test = self.splits[frames]
-        res = run_one(parse_setting(setting, a.num_tokens), train, test, a, seed, torch.device(a.device),
-                      self.encoded.setdefault((setting, frames), {}), self.pixels.setdefault(frames, {}))
-        res["label"], res["frames"] = setting, frames
-        res["curriculum"] = [[n, list(types)] for n, types in curriculum_phases(a)]
-        return res
+        curriculum = [[n, list(types)] for n, types in curriculum_phases(a)]
+
+        def labelled(res: dict[str, Any]) -> dict[str, Any]:
+            res.update(label=setting, frames=frames, curriculum=curriculum)
+            return res
+
+        report_partial = None if progress is None else (lambda res: progress(labelled(res)))
+        return labelled(run_one(parse_setting(setting, a.num_tokens), train, test, a, seed, torch.device(a.device),
+                                self.encoded.setdefault((setting, frames), {}), self.pixels.setdefault(frames, {}),
+                                report_partial))
 
 
 #: seconds between checks that the workers are still alive while waiting for a result
@@ -359,14 +370,15 @@ WORKER_POLL_S = 5.0
 
 
 def _serve(args: argparse.Namespace, threads: int, jobs, results) -> None:
-    """A worker process: one Runner for every job it takes from ``jobs`` (None: stop); each result, or
-    the error that stopped it, goes to ``results``."""
+    """A worker process: one Runner for every job it takes from ``jobs`` (None: stop); each run's
+    results after every budget (``complete`` False until the last), or the error that stopped it,
+    go to ``results``."""
     torch.set_num_threads(threads)
     runner: Runner | None = None
     for setting, seed, frames in iter(jobs.get, None):
         try:
             runner = runner or Runner(args)
-            results.put((True, runner.run(setting, seed, frames)))
+            results.put((True, runner.run(setting, seed, frames, lambda res: results.put((True, res)))))
         except Exception:
             results.put((False, f"{setting} seed {seed} at {frames} frames:\n{traceback.format_exc()}"))
             return
@@ -385,10 +397,12 @@ def run_parallel(jobs: list[tuple[str, int, int]], args: argparse.Namespace) -> 
     for proc in procs:
         proc.start()
     try:
-        for _ in jobs:
+        finished = 0
+        while finished < len(jobs):
             ok, value = _next_result(done, procs)
             if not ok:
                 raise RuntimeError(f"motionqa: a worker failed on {value}")
+            finished += value["complete"]
             yield value
     finally:
         for proc in procs:
@@ -406,15 +420,22 @@ def _next_result(done, procs) -> tuple[bool, Any]:
                 raise RuntimeError("motionqa: every worker process exited before all runs finished") from None
 
 
-def run_all(jobs: list[tuple[str, int, int]], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """Every (setting, seed, clip length) run: in this process, or in ``--workers`` processes."""
+def run_all(jobs: list[tuple[str, int, int]], args: argparse.Namespace,
+            progress: Callable[[dict[str, Any]], None]) -> Iterator[dict[str, Any]]:
+    """Every (setting, seed, clip length) run, in this process or in ``--workers`` processes: yields
+    each finished run; ``progress`` gets each run's results after every budget, the last included."""
     if args.workers > 1:
-        yield from run_parallel(jobs, args)
+        for res in run_parallel(jobs, args):
+            progress(res)
+            if res["complete"]:
+                yield res
         return
     runner: Runner | None = None
     for setting, seed, frames in jobs:
         runner = runner or Runner(args)
-        yield runner.run(setting, seed, frames)
+        res = runner.run(setting, seed, frames, progress)
+        progress(res)
+        yield res
 
 
 def plot_by_frames(rows: list[dict[str, Any]], path: Path, plt) -> None:
@@ -603,12 +624,16 @@ def main(argv: list[str] | None = None) -> int:
     # seed-major: a cut-short run covers every setting and clip length
     jobs = [(s, seed, n) for seed in a.seeds for n in a.frames for s in a.compressors]
     order = {job: i for i, job in enumerate(jobs)}
-    runs: list[dict[str, Any]] = []
-    for res in tqdm(run_all(jobs, a), total=len(jobs), desc="motionqa"):
-        runs.append(res)
-        runs.sort(key=lambda r: order[(r["label"], r["seed"], r["frames"])])
-        (out / "results.json").write_text(json.dumps(runs, indent=1))
-    print(report(runs, out))
+    runs: dict[tuple, dict[str, Any]] = {}
+
+    def keep(res: dict[str, Any]) -> None:  # a run's latest results; the file in job order
+        runs[(res["label"], res["seed"], res["frames"])] = res
+        done = [runs[k] for k in sorted(runs, key=order.__getitem__)]
+        (out / "results.json").write_text(json.dumps(done, indent=1))
+
+    for _ in tqdm(run_all(jobs, a, keep), total=len(jobs), desc="motionqa"):
+        pass
+    print(report([runs[k] for k in sorted(runs, key=order.__getitem__)], out))
     return 0
 
 
