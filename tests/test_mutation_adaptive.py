@@ -432,11 +432,35 @@ def test_value_halves_equals_the_hash_by_hand():
     y = x.clone()
     y[:, 16:] = torch.randn(64, 4, generator=g)
     assert value_halves(y).tolist() == got
-    # fewer than 16 coordinates, and fp16 tokens hashed by their fp32 values
-    small = torch.randn(64, 3, generator=g).half()
-    assert value_halves(small).tolist() == [_half_by_hand(r) for r in small.float().tolist()]
+    # fewer than 16 coordinates
+    small = torch.randn(64, 3, generator=g)
+    assert value_halves(small).tolist() == [_half_by_hand(r) for r in small.tolist()]
     # copies of a token fall in the same half
     assert value_halves(torch.cat([x, x])).tolist() == got + got
+    # 2-byte tokens hash their own 16 bits
+    half = x.to(torch.bfloat16)
+    assert value_halves(half).tolist() == [_half_by_hand16(r) for r in half.view(torch.int16).tolist()]
+    with pytest.raises(ValueError, match="hashes 2-, 4- or 8-byte floats, got torch.float8_e4m3fn"):
+        value_halves(x.to(torch.float8_e4m3fn))
+
+
+def _half_by_hand16(row_bits: list[int]) -> bool:
+    h = sum(b * (0x9E3779B1 * (2 * i + 1)) for i, b in enumerate(row_bits[:16]))
+    return (h >> 11) % 2 == 0
+
+
+def test_bf16_tokens_fall_in_both_halves_and_separation_finds_their_groups():
+    """normalize_tokens gives bf16 on CUDA. The hash widened them to fp32 and read those bits, whose low
+    16 are zero for a widened bf16 value: every CUDA token fell in one half, every gap share was 1.0 and
+    the separation rule chose min_codes for every video on the GPU (found by the CUDA case of
+    test_on_cuda_every_tensor_stays_on_the_device_and_graphs_go_to_the_given_cache)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.nn.functional.normalize(torch.randn(256, 32, generator=g), dim=-1)
+    assert 96 < int(value_halves(x.to(torch.bfloat16)).sum()) < 160
+    axes, truth = _axes(3, 200)
+    xn = torch.nn.functional.normalize(axes[0], dim=-1).to(torch.bfloat16)
+    side_i, side_j = merge_sides([(0, 1), (0, 2)], 3)  # merges into 2 groups, then into 1
+    assert (gap_shares(xn, truth, 3, side_i[::-1], side_j[::-1]) < 0.03).all()  # 90 degrees apart: gaps
 
 
 def _shares_by_loops(xn: torch.Tensor, labels: list[int], side_i: np.ndarray, side_j: np.ndarray) -> list[float]:

@@ -239,14 +239,24 @@ def merge_sides(merges: list[tuple[int, int]], k0: int) -> tuple[np.ndarray, np.
 #: coordinates hashed by :func:`value_halves`, and the hash's odd multipliers
 HASH_COORDS = 16
 HASH_MULT = 0x9E3779B1
+#: integer view of a token's bits, by its bytes per value (bf16/fp16, fp32, fp64)
+HASH_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def value_halves(xn: torch.Tensor) -> torch.Tensor:
     """[N] bool: a split of the tokens into two halves by a hash of their values, so that copies of a
-    token (a static clip's repeated frames) fall in the same half and cross-fitting stays honest."""
-    bits = xn[:, :HASH_COORDS].float().contiguous().view(torch.int32).long()
+    token (a static clip's repeated frames) fall in the same half and cross-fitting stays honest.
+
+    The hash reads the bit patterns of the first HASH_COORDS coordinates in the tokens' own width
+    (:data:`HASH_BITS`): bf16 on CUDA (what :func:`normalize_tokens` gives there), fp32 on the CPU.
+    Widening bf16 to fp32 first, as before, left the low 16 bits zero: every CUDA token fell in one
+    half, every gap share was 1.0 and the separation rule chose min_codes for every video on the GPU."""
+    as_int = HASH_BITS.get(xn.element_size())
+    if as_int is None:
+        raise ValueError(f"value_halves hashes 2-, 4- or 8-byte floats, got {xn.dtype}")
+    bits = xn[:, :HASH_COORDS].contiguous().view(as_int).long()
     mult = HASH_MULT * (2 * torch.arange(bits.shape[1], device=xn.device) + 1)
-    h = (bits * mult).sum(dim=1)
+    h = (bits * mult).sum(dim=1)  # int64, wrapping around for 8-byte tokens
     return (h >> 11) % 2 == 0
 
 
