@@ -467,17 +467,21 @@ def _shares_by_loops(xn: torch.Tensor, labels: list[int], side_i: np.ndarray, si
     rows = xn.double().tolist()
     even = [_half_by_hand(r) for r in xn.tolist()]
     d = len(rows[0])
+    # a cluster with no token in one half uses its tokens for both roles
+    has = {(lab, e) for lab, e in zip(labels, even)}
+    for_dir = [e or (lab, True) not in has for lab, e in zip(labels, even)]
+    for_proj = [not e or (lab, False) not in has for lab, e in zip(labels, even)]
 
     def mean(vs):
         return [sum(v[c] for v in vs) / max(len(vs), 1) for c in range(d)]
 
     out = []
     for a_row, b_row in zip(side_i, side_j):
-        ea = [r for r, lab, e in zip(rows, labels, even) if e and a_row[lab]]
-        eb = [r for r, lab, e in zip(rows, labels, even) if e and b_row[lab]]
+        ea = [r for r, lab, e in zip(rows, labels, for_dir) if e and a_row[lab]]
+        eb = [r for r, lab, e in zip(rows, labels, for_dir) if e and b_row[lab]]
         w = [p - q for p, q in zip(mean(ea), mean(eb))]
-        pa = [sum(p * q for p, q in zip(r, w)) for r, lab, e in zip(rows, labels, even) if not e and a_row[lab]]
-        pb = [sum(p * q for p, q in zip(r, w)) for r, lab, e in zip(rows, labels, even) if not e and b_row[lab]]
+        pa = [sum(p * q for p, q in zip(r, w)) for r, lab, o in zip(rows, labels, for_proj) if o and a_row[lab]]
+        pb = [sum(p * q for p, q in zip(r, w)) for r, lab, o in zip(rows, labels, for_proj) if o and b_row[lab]]
         ma, mb = sum(pa) / max(len(pa), 1), sum(pb) / max(len(pb), 1)
         half = (ma - mb) / 2
         if half <= 0:
@@ -970,3 +974,23 @@ def test_pure_parts_on_cuda_equal_the_cpu():
     ref = silhouette_scores(xn @ sums.T, labels, counts, levels)
     got = silhouette_scores((xn @ sums.T).cuda(), labels.cuda(), counts.cuda(), levels)
     assert got == pytest.approx(ref, abs=1e-5)
+
+
+def test_groups_of_exact_copies_are_told_apart():
+    """Flat regions (black bars, a slide, a synthetic clip's background) give clusters that are copies of
+    one token, so all of a cluster's tokens fall in one half of the cross-fit: the direction or the
+    projections of such a side were empty and every merge read 1.0 (not separated), giving K = 1. Such a
+    cluster now serves both roles (cross_fit_roles)."""
+    from llava_vqtoken.core.adaptive import cross_fit_roles
+
+    truth = torch.arange(3).repeat_interleave(50)
+    x = torch.eye(16)[truth] * torch.tensor([1.0, 2.0, 3.0])[truth, None]  # three values, 50 copies each
+    res, ch = adaptive_kmeans(x[None], 1, 8, "separation")
+    assert ch[0].k == 3 and _same_partition(res.labels[0], truth)
+    even = value_halves(torch.nn.functional.normalize(x, dim=-1))
+    assert all(len(set(even[truth == g].tolist())) == 1 for g in range(3))  # each group in one half
+    to_dir, to_proj = cross_fit_roles(truth, even, 3)
+    assert to_dir.all() and to_proj.all()
+    mixed = torch.tensor([True, False, True, True])  # cluster 0 in both halves, cluster 1 in the even one only
+    to_dir, to_proj = cross_fit_roles(torch.tensor([0, 0, 1, 1]), mixed, 2)
+    assert to_dir.tolist() == [True, False, True, True] and to_proj.tolist() == [False, True, True, True]

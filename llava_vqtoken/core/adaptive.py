@@ -265,23 +265,26 @@ def gap_shares(xn: torch.Tensor, labels: torch.Tensor, k0: int, side_i: np.ndarr
 
     Cross-fitted so that a group of noise cannot look separated from its own fit: the direction joining
     the two sides' means comes from one half of the tokens (split by a hash of their values,
-    :func:`value_halves`), the projections (and the means along that line) from the other. Along the
-    line, t = -1 and t = +1 are the two sides' means; the
-    share is that of the sides' (odd) tokens with |t| < GAP_BAND. ``xn`` [N, D] unit tokens, ``labels``
-    [N] their original clusters. Returns [M] (1.0 where the sides' means do not separate at all).
+    :func:`value_halves`), the projections (and the means along that line) from the other. A cluster
+    whose tokens all fall in one half (copies of one value: a flat region, equal in bf16 on CUDA) has no
+    spread to overfit and serves both roles (:func:`cross_fit_roles`). Along the line, t = -1 and
+    t = +1 are the two sides' means; the share is that of the sides' projected tokens with
+    |t| < GAP_BAND. ``xn`` [N, D] unit tokens, ``labels`` [N] their original clusters. Returns [M]
+    (1.0 where the sides' means do not separate at all).
     """
     dev = xn.device
     even = value_halves(xn)
-    oh = one_hot(labels[even], k0)  # [Ne, K0]
-    sums_e = oh.transpose(0, 1) @ xn[even].float()
-    counts_e = oh.sum(dim=0)
+    to_dir, to_proj = cross_fit_roles(labels, even, k0)
+    oh = one_hot(labels[to_dir], k0)  # [Nd, K0]
+    sums_d = oh.transpose(0, 1) @ xn[to_dir].float()
+    counts_d = oh.sum(dim=0)
     a = torch.as_tensor(np.ascontiguousarray(side_i), dtype=torch.float32, device=dev)
     b = torch.as_tensor(np.ascontiguousarray(side_j), dtype=torch.float32, device=dev)
-    mean_a = (a @ sums_e) / (a @ counts_e).clamp_min(1.0).unsqueeze(-1)
-    mean_b = (b @ sums_e) / (b @ counts_e).clamp_min(1.0).unsqueeze(-1)
-    xo, lo = xn[~even].float(), labels[~even]
-    proj = xo @ (mean_a - mean_b).transpose(0, 1)  # [No, M]
-    in_a, in_b = a.transpose(0, 1)[lo], b.transpose(0, 1)[lo]  # [No, M] 0/1
+    mean_a = (a @ sums_d) / (a @ counts_d).clamp_min(1.0).unsqueeze(-1)
+    mean_b = (b @ sums_d) / (b @ counts_d).clamp_min(1.0).unsqueeze(-1)
+    xo, lo = xn[to_proj].float(), labels[to_proj]
+    proj = xo @ (mean_a - mean_b).transpose(0, 1)  # [Np, M]
+    in_a, in_b = a.transpose(0, 1)[lo], b.transpose(0, 1)[lo]  # [Np, M] 0/1
     ca, cb = in_a.sum(dim=0), in_b.sum(dim=0)
     ma = (proj * in_a).sum(dim=0) / ca.clamp_min(1.0)
     mb = (proj * in_b).sum(dim=0) / cb.clamp_min(1.0)
@@ -290,6 +293,20 @@ def gap_shares(xn: torch.Tensor, labels: torch.Tensor, k0: int, side_i: np.ndarr
     mid = ((t.abs() < GAP_BAND).float() * (in_a + in_b)).sum(dim=0)
     share = mid / (ca + cb).clamp_min(1.0)
     return torch.where(half > 0, share, torch.ones_like(share))
+
+
+def one_half_clusters(labels: torch.Tensor, even: torch.Tensor, k0: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[K0] bool each: clusters with no token in the even half, and clusters with none in the odd half."""
+    n_even = torch.zeros(k0, device=labels.device).index_add_(0, labels, even.float())
+    n_all = torch.zeros(k0, device=labels.device).index_add_(0, labels, torch.ones_like(even, dtype=torch.float32))
+    return n_even == 0, n_even == n_all
+
+
+def cross_fit_roles(labels: torch.Tensor, even: torch.Tensor, k0: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N] bool each: the tokens that give the sides' directions (the even half) and those projected on
+    them (the odd half); a cluster with no token in one half uses its tokens for both roles."""
+    no_even, no_odd = one_half_clusters(labels, even, k0)
+    return even | no_even[labels], ~even | no_odd[labels]
 
 
 def separation_k(top_share: np.ndarray, mass_a: np.ndarray, mass_b: np.ndarray, min_mass: float) -> int:

@@ -327,8 +327,9 @@ def streaming_kmeans(
 def gap_shares_streamed(
     fit: StreamingFit, labels: torch.Tensor, k0: int, side_i: np.ndarray, side_j: np.ndarray
 ) -> torch.Tensor:
-    """``adaptive.gap_shares`` over a store, in three passes (the even half's per-cluster sums; the odd
-    half's projections' means per side; the share of the odd sides' tokens in the middle band)."""
+    """``adaptive.gap_shares`` over a store, in three passes (each half's per-cluster sums, which give
+    the sides' directions and the clusters that lie in one half only; the projected tokens' means per
+    side; the share of the sides' projected tokens in the middle band)."""
     dev, d = fit.device, fit.store.dim or 0
     a = torch.as_tensor(np.ascontiguousarray(side_i), dtype=torch.float32, device=dev)
     b = torch.as_tensor(np.ascontiguousarray(side_j), dtype=torch.float32, device=dev)
@@ -338,19 +339,25 @@ def gap_shares_streamed(
             xn = fit._unit(x)
             yield xn, labels[start : start + xn.shape[0]], value_halves(xn)
 
-    sums_e, counts_e = torch.zeros(k0, d, device=dev), torch.zeros(k0, device=dev)
+    sums = {h: torch.zeros(k0, d, device=dev) for h in (True, False)}
+    counts = {h: torch.zeros(k0, device=dev) for h in (True, False)}
     for xn, lab, even in halves():
-        oh = one_hot(lab[even], k0)
-        sums_e += oh.transpose(0, 1) @ xn[even].float()
-        counts_e += oh.sum(dim=0)
-    mean_a = (a @ sums_e) / (a @ counts_e).clamp_min(1.0).unsqueeze(-1)
-    mean_b = (b @ sums_e) / (b @ counts_e).clamp_min(1.0).unsqueeze(-1)
+        for h, mask in ((True, even), (False, ~even)):
+            oh = one_hot(lab[mask], k0)
+            sums[h] += oh.transpose(0, 1) @ xn[mask].float()
+            counts[h] += oh.sum(dim=0)
+    no_even, no_odd = counts[True] == 0, counts[False] == 0  # as adaptive.cross_fit_roles
+    sums_d = sums[True] + sums[False] * no_even.unsqueeze(-1)
+    counts_d = counts[True] + counts[False] * no_even
+    mean_a = (a @ sums_d) / (a @ counts_d).clamp_min(1.0).unsqueeze(-1)
+    mean_b = (b @ sums_d) / (b @ counts_d).clamp_min(1.0).unsqueeze(-1)
     direction = (mean_a - mean_b).transpose(0, 1)
 
     def odd_sides() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for xn, lab, even in halves():
-            lo = lab[~even]
-            yield xn[~even].float() @ direction, a.transpose(0, 1)[lo], b.transpose(0, 1)[lo]
+            use = ~even | no_odd[lab]
+            lo = lab[use]
+            yield xn[use].float() @ direction, a.transpose(0, 1)[lo], b.transpose(0, 1)[lo]
 
     m = side_i.shape[0]
     ca, cb, pa, pb = (torch.zeros(m, device=dev) for _ in range(4))
