@@ -182,18 +182,18 @@ def test_a_runner_owns_its_caches_and_shares_one_copy_of_the_pixels_between_sett
     import llava_vqtoken.motionqa.bench as bench
 
     args = bench.parse_args(["--compressors", "pool", "none", "--steps", "1", "--train-size", "8", "--test-size", "4",
-                             "--frames", "2", "--size", "32", "--batch", "4", "--device", "cpu", "--text-layers", "1",
+                             "--frames", "4", "--size", "32", "--batch", "4", "--device", "cpu", "--text-layers", "1",
                              "--text-hidden", "64", "--vision-layers", "1", "--curriculum-steps", "0"])
     runner = bench.Runner(args)
-    assert [runner.run(s, 0, 2)["label"] for s in ("pool", "none")] == ["pool", "none"]
-    assert sorted(runner.pixels[2]) == ["pixels_test", "pixels_train"]
-    assert sorted(runner.encoded) == [("none", 2), ("pool", 2)]
+    assert [runner.run(s, 0, 4)["label"] for s in ("pool", "none")] == ["pool", "none"]
+    assert sorted(runner.pixels[4]) == ["pixels_test", "pixels_train"]
+    assert sorted(runner.encoded) == [("none", 4), ("pool", 4)]
     for split in ("train", "test"):
         for key in bench.PIXEL_KEYS:
-            assert runner.encoded[("pool", 2)][split][key] is runner.pixels[2][f"pixels_{split}"][key]
-            assert runner.encoded[("none", 2)][split][key] is runner.pixels[2][f"pixels_{split}"][key]
-    assert runner.run("pool", 0, 3)["frames"] == 3  # another clip length: its own splits and pixels
-    assert sorted(runner.pixels) == [2, 3] and len(runner.splits[3][0][0][0]) == 3
+            assert runner.encoded[("pool", 4)][split][key] is runner.pixels[4][f"pixels_{split}"][key]
+            assert runner.encoded[("none", 4)][split][key] is runner.pixels[4][f"pixels_{split}"][key]
+    assert runner.run("pool", 0, 5)["frames"] == 5  # another clip length: its own splits and pixels
+    assert sorted(runner.pixels) == [4, 5] and len(runner.splits[5][0][0][0]) == 5
     assert bench.Runner(args).pixels == {}  # a second runner starts empty: no module-level cache
     assert not any(name in vars(bench) for name in ("_PIXELS", "_WORKER"))
 
@@ -250,11 +250,11 @@ def test_encoded_distinct_frames_draw_out_to_what_the_processor_gives_for_the_wh
 
 def test_several_clip_lengths_give_one_row_each_and_a_plot_against_frames(tmp_path):
     assert main(["--compressors", "pool", "--steps", "1", "--seeds", "0", "--train-size", "8", "--test-size", "4",
-                 "--frames", "2", "5", "--size", "32", "--batch", "4", "--device", "cpu", "--text-layers", "1",
+                 "--frames", "4", "5", "--size", "32", "--batch", "4", "--device", "cpu", "--text-layers", "1",
                  "--text-hidden", "64", "--vision-layers", "1", "--curriculum-steps", "0",
                  "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "report.json").read_text())
-    assert [(r["run"], r["setting"], r["frames"]) for r in rows] == [("pool @2f", "pool", 2), ("pool @5f", "pool", 5)]
+    assert [(r["run"], r["setting"], r["frames"]) for r in rows] == [("pool @4f", "pool", 4), ("pool @5f", "pool", 5)]
     assert (tmp_path / "accuracy_vs_frames.png").stat().st_size > 0
     assert "| pool | 5 | 1 |" in (tmp_path / "report.md").read_text()
 
@@ -262,7 +262,7 @@ def test_several_clip_lengths_give_one_row_each_and_a_plot_against_frames(tmp_pa
 def test_zero_frames_is_refused_in_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--frames", "8", "0", "--device", "cpu"])
-    assert e.value.code == 2 and "--frames must be at least 1, got 0" in capsys.readouterr().err
+    assert e.value.code == 2 and "--frames must be at least 4 with --objects 3" in capsys.readouterr().err
 
 
 def test_results_of_separate_invocations_report_together(tmp_path, capsys):
@@ -290,11 +290,11 @@ def test_a_run_cut_short_keeps_the_budgets_it_reached(tmp_path, monkeypatch):
     import llava_vqtoken.motionqa.bench as bench
 
     args = bench.parse_args(["--compressors", "pool", "--steps", "1", "2", "--train-size", "8", "--test-size", "4",
-                             "--frames", "2", "--size", "32", "--batch", "4", "--device", "cpu", "--text-layers", "1",
+                             "--frames", "4", "--size", "32", "--batch", "4", "--device", "cpu", "--text-layers", "1",
                              "--text-hidden", "64", "--vision-layers", "1", "--curriculum-steps", "0"])
     seen: list[dict] = []
-    final = bench.Runner(args).run("pool", 0, 2, seen.append)
-    assert [(r["label"], r["frames"], r["complete"], sorted(r["by_steps"])) for r in seen] == [("pool", 2, False, [1])]
+    final = bench.Runner(args).run("pool", 0, 4, seen.append)
+    assert [(r["label"], r["frames"], r["complete"], sorted(r["by_steps"])) for r in seen] == [("pool", 4, False, [1])]
     assert final["complete"] and sorted(final["by_steps"]) == [1, 2]
     assert seen[0]["by_steps"][1] == final["by_steps"][1] and seen[0]["visual_tokens"] == final["visual_tokens"] == 33
 
@@ -308,8 +308,68 @@ def test_a_run_cut_short_keeps_the_budgets_it_reached(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench.Runner, "run", killed_after_first_budget)
     with pytest.raises(KeyboardInterrupt):
-        main(["--compressors", "pool", "--steps", "1", "2", "--train-size", "8", "--test-size", "4", "--frames", "2",
+        main(["--compressors", "pool", "--steps", "1", "2", "--train-size", "8", "--test-size", "4", "--frames", "4",
               "--size", "32", "--batch", "4", "--device", "cpu", "--text-layers", "1", "--text-hidden", "64",
               "--vision-layers", "1", "--curriculum-steps", "0", "--out", str(tmp_path)])
     kept = json.loads((tmp_path / "results.json").read_text())
     assert [(r["label"], r["complete"], list(r["by_steps"])) for r in kept] == [("pool", False, ["1"])]
+
+
+def _last_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_every_moving_object_is_seen_at_two_positions_from_the_shortest_clip_allowed():
+    from llava_vqtoken.motionqa.data import _positions, make_clip, min_frames, object_size
+
+    def moves(frames, size, objects, cell, seed):
+        clip, objs = make_clip(random.Random(seed), frames, size, objects, cell, clear_motion=True)
+        width = object_size(size, cell)
+        return all(len({tuple(s) for s in _positions(o, frames, size, width, float(width), cell) if s[0]}) >= 2
+                   for o in objs if o.direction)
+
+    for objects in range(2, 7):
+        shortest = min_frames(objects)
+        for size, cell in ((32, 8), (16, 8), (12, None)):
+            assert all(moves(shortest, size, objects, cell, seed) for seed in range(150)), (objects, size, cell)
+        assert not all(moves(shortest - 1, 32, objects, 8, seed) for seed in range(150))  # the rule is tight
+
+
+def test_count_questions_with_more_than_four_moving_objects_keep_the_fixed_option_order():
+    split = make_split(60, 0, 7, 32, objects=6, shuffle_options=False, cell=8, types=("count",), clear_motion=True)
+    options = [[int(line[3:]) for line in prompt.splitlines()[1:5]] for _, _, prompt, _ in split]
+    assert all(counts == sorted(counts) and counts[:3] == [1, 2, 3] for counts in options)
+    assert {counts[-1] for counts in options} == {4, 5, 6}  # five or six moving objects: the last option
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--frames", "8", "3"], "--frames must be at least 4 with --objects 3"),
+    (["--frames", "1"], "--frames must be at least 4"),
+    (["--objects", "4", "--frames", "4"], "--frames must be at least 5 with --objects 4"),
+    (["--objects", "1"], "--objects must be between 2 and 6"),
+    (["--objects", "7", "--frames", "8"], "--objects must be between 2 and 6"),
+    (["--train-size", "0"], "--train-size must be at least 1, got 0"),
+    (["--test-size", "0"], "--test-size must be at least 1"),
+    (["--steps", "10", "0"], "--steps must be at least 1, got 0"),
+    (["--batch", "0"], "--batch must be at least 1"),
+    (["--num-tokens", "0"], "--num-tokens must be at least 1"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--patch", "0"], "--patch must be at least 1"),
+    (["--size", "4"], "--size must be a multiple of --patch 8 with at least 2 patches per side, got 4"),
+    (["--size", "36"], "--size must be a multiple of --patch 8"),
+    (["--size", "8"], "with at least 2 patches per side, got 8"),
+    (["--size", "8", "--patch", "4", "--no-grid-objects"], "--size 8 leaves an object (6 px) no room to move"),
+    (["--compressors", "pool", "tome", "pool"], "--compressors pool given twice"),
+    (["--seeds", "0", "1", "0"], "--seeds 0 given twice"),
+    (["--frames", "8", "16", "8"], "--frames 8 given twice"),
+    (["--compressors", "pool:bogus=1"], "--compressors pool:bogus=1: compressor config"),
+])
+def test_bad_flags_are_refused_up_front_in_one_line(argv, message, capsys):
+    from llava_vqtoken.motionqa.bench import parse_args
+
+    with pytest.raises(SystemExit) as e:  # parse_args, not main: the old code would start training
+        parse_args([*argv, "--device", "cpu"])
+    line = _last_error(capsys)
+    assert e.value.code == 2 and line.startswith("llava-vqtoken motionqa: error:") and message in line

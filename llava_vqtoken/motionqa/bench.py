@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ..config import CompressorConfig
 from ..core.metrics import tokdense
-from .data import REFER, TYPES, make_split
+from .data import COLORS, REFER, TYPES, make_split, min_frames, object_size
 
 DEFAULT_COMPRESSORS = [
     "vqtoken", "vqtoken:attention=none", "vqtoken:hash=random", "vqtoken:attention=random",
@@ -46,6 +46,13 @@ DEFAULT_COMPRESSORS = [
 PIXEL_KEYS = ("pixel_frames", "frame_index")
 
 LEARNED = 90.0  # accuracy (%) at which a question type counts as learned by a run
+
+#: flags that must be at least 1
+POSITIVE_FLAGS = ("train_size", "test_size", "steps", "batch", "num_tokens", "workers", "patch")
+#: flags of which every value is one run: none may repeat
+RUN_FLAGS = ("compressors", "seeds", "frames")
+#: patches per side of a frame: an object one patch wide needs room to move one width
+MIN_PATCHES = 2
 
 
 def parse_setting(setting: str, budget: int) -> dict[str, Any]:
@@ -570,12 +577,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _check_counts(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Counts at least 1; no repeated setting, seed or clip length (each value is one run)."""
+    for dest in POSITIVE_FLAGS:
+        low = min(getattr(a, dest)) if isinstance(getattr(a, dest), list) else getattr(a, dest)
+        if low < 1:
+            p.error(f"{_flag(dest)} must be at least 1, got {low}")
+    for dest in RUN_FLAGS:
+        values = [str(v) for v in getattr(a, dest)]
+        twice = list(dict.fromkeys(v for v in values if values.count(v) > 1))
+        if twice:
+            p.error(f"{_flag(dest)} {' '.join(twice)} given twice (each value is one run)")
+
+
+def _check_clips(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Clips the generator can draw and the vision tower can cut into patches."""
+    if not 2 <= a.objects <= len(COLORS):
+        p.error(f"--objects must be between 2 and {len(COLORS)} (one colour each), got {a.objects}")
+    need = min_frames(a.objects)
+    if min(a.frames) < need:
+        p.error(f"--frames must be at least {need} with --objects {a.objects} (every moving object seen at two "
+                f"positions), got {min(a.frames)}")
+    if a.size % a.patch or a.size < MIN_PATCHES * a.patch:
+        p.error(f"--size must be a multiple of --patch {a.patch} with at least {MIN_PATCHES} patches per side, "
+                f"got {a.size}")
+    width = object_size(a.size, a.patch if a.grid_objects else None)
+    if a.size < MIN_PATCHES * width:
+        p.error(f"--size {a.size} leaves an object ({width} px) no room to move: use at least {MIN_PATCHES * width}")
+    for setting in a.compressors:
+        try:
+            CompressorConfig.from_dict(parse_setting(setting, a.num_tokens))
+        except ValueError as e:
+            p.error(f"--compressors {setting}: {e}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The flags, with the curriculum checked against --types (one line, exit 2)."""
+    """The flags, checked in one line (exit 2): counts, clips the generator can draw, compressor
+    settings, and the curriculum against --types."""
     p = build_parser()
     a = p.parse_args(argv)
-    if min(a.frames) < 1:
-        p.error(f"--frames must be at least 1, got {min(a.frames)}")
+    _check_counts(p, a)
+    _check_clips(p, a)
     try:
         phases = curriculum_phases(a)
     except ValueError as e:

@@ -19,6 +19,22 @@ COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "
 SHAPES = ("square", "circle", "triangle", "cross")
 TYPES = ("identity", "direction", "order", "count")
 REFER = ("color", "order")
+#: the answers of a count question, in their fixed order (one per possible number of moving objects)
+COUNTS = tuple(str(k) for k in range(1, len(COLORS) + 1))
+#: clear motion: frames the first object is alone before any other appears
+SOLO_FRAMES = 2
+
+
+def min_frames(objects: int) -> int:
+    """The fewest frames per clip at which every moving object is visible at two positions: object
+    starts are drawn from ``range(max(objects, frames // 2))`` and, with clear motion, come
+    ``SOLO_FRAMES`` after the first, so a shorter clip can show a moving object only in its last frame."""
+    return max(SOLO_FRAMES + 2, objects + 1)
+
+
+def object_size(size: int, cell: int | None) -> int:
+    """An object's width in pixels: one patch (``cell``) on the patch grid, else a sixth of the field."""
+    return cell or max(6, size // 6)
 
 
 @dataclass
@@ -77,7 +93,7 @@ def _place(o: Obj, size: int, obj_size: int, s0: int, frames: int) -> None:
     """Clear motion: start at least two frames after the first object, on the side it moves away from,
     on whole steps."""
     if o.start != s0:
-        o.start = min(max(o.start, s0 + 2), frames - 1)
+        o.start = min(max(o.start, s0 + SOLO_FRAMES), frames - 1)
     if o.direction:  # map the drawn position (0.3-0.7 of the field) to the side it moves away from
         dy, dx = DIRECTIONS[o.direction]
         for axis, step in (("y", dy), ("x", dx)):
@@ -123,7 +139,7 @@ def make_clip(
     Objects appear at frames drawn from the clip's first half, so in a long clip the events (an
     object appearing, its few frames of motion) are spread out between long still stretches."""
     objs = _objects(rng, frames, size, objects)
-    obj_size = cell or max(6, size // 6)
+    obj_size = object_size(size, cell)
     speed = size * 0.4 / frames
     if clear_motion:
         speed = float(obj_size)
@@ -163,7 +179,8 @@ def make_question(
 ) -> tuple[str, list[str], int]:
     """(question, 4 options, index of the answer). Options are shuffled, or with ``shuffle=False`` in
     a fixed order (shapes, directions and colours in their table order, counts ascending), so that a
-    letter always names the same answer for a question type.
+    letter always names the same answer for a question type (counts: 1, 2, 3 and the true count when
+    more than four objects move, so the last letter then names 4 or more).
 
     ``refer``: how identity and direction questions name their object: by ``color`` (any object;
     "the red object") or by ``order`` of appearance ("the object that appears first", which always
@@ -194,7 +211,7 @@ def make_question(
     if shuffle:
         rng.shuffle(opts)
     else:
-        table = [*SHAPES, *DIRECTIONS, *COLORS, "1", "2", "3", "4"]
+        table = [*SHAPES, *DIRECTIONS, *COLORS, *COUNTS]
         opts.sort(key=table.index)
     return q, opts, opts.index(answer)
 
