@@ -315,6 +315,10 @@ def test_a_run_cut_short_keeps_the_budgets_it_reached(tmp_path, monkeypatch):
     assert [(r["label"], r["complete"], list(r["by_steps"])) for r in kept] == [("pool", False, ["1"])]
 
 
+TINY = ["--device", "cpu", "--train-size", "8", "--test-size", "4", "--steps", "1", "--batch", "4", "--text-layers",
+        "1", "--text-hidden", "64", "--vision-layers", "1", "--curriculum-steps", "0", "--size", "32"]
+
+
 def _last_error(capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -373,3 +377,71 @@ def test_bad_flags_are_refused_up_front_in_one_line(argv, message, capsys):
         parse_args([*argv, "--device", "cpu"])
     line = _last_error(capsys)
     assert e.value.code == 2 and line.startswith("llava-vqtoken motionqa: error:") and message in line
+
+
+def test_a_run_records_every_flag_that_changes_its_numbers(tmp_path):
+    from llava_vqtoken.motionqa.bench import UNRECORDED_FLAGS, build_parser
+
+    assert main(["--compressors", "pool", "--frames", "4", *TINY, "--out", str(tmp_path)]) == 0
+    settings = json.loads((tmp_path / "results.json").read_text())[0]["settings"]
+    flags = {a.dest for a in build_parser()._actions} - {"help"}
+    assert set(settings) == flags - UNRECORDED_FLAGS
+    assert UNRECORDED_FLAGS == {"compressors", "seeds", "frames", "steps", "workers", "device", "out", "from_results"}
+    assert settings["num_tokens"] == 32 and settings["types"] == list(TYPES)
+    assert settings["curriculum_types"] == [["direction"]] and settings["grid_objects"] is True
+
+
+def _results(path, runs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(runs))
+    return str(path)
+
+
+def _run(frames=8, seed=0, **settings):
+    run = {"label": "pool", "seed": seed, "frames": frames, "visual_tokens": 33, "complete": True,
+           "by_steps": {"10": {"accuracy": {"direction": 50.0, "all": 50.0}}}}
+    return {**run, "settings": {"num_tokens": 32, "types": list(TYPES), **settings}} if settings else run
+
+
+def test_from_results_refuses_runs_of_different_settings_in_one_line(tmp_path, capsys):
+    a = _results(tmp_path / "a.json", [_run(8, num_tokens=32)])
+    b = _results(tmp_path / "b.json", [_run(64, num_tokens=8)])
+    assert main(["--from-results", a, b, "--out", str(tmp_path / "all")]) == 2
+    line = _last_error(capsys)
+    assert f"--num-tokens is 32 in {a} but 8 in {b}" in line and not (tmp_path / "all").exists()
+    c = _results(tmp_path / "c.json", [_run(64, types=["direction"])])
+    assert main(["--from-results", a, c, "--out", str(tmp_path / "all")]) == 2
+    assert "--types is ['identity', 'direction', 'order', 'count'] in" in _last_error(capsys)
+    old = _results(tmp_path / "old.json", [_run(64)])  # written before runs recorded their settings
+    assert main(["--from-results", a, old, "--out", str(tmp_path / "all")]) == 2
+    assert f"{old}: its runs have no settings" in _last_error(capsys)
+    older = _results(tmp_path / "older.json", [_run(16)])
+    assert main(["--from-results", old, older, "--out", str(tmp_path / "old")]) == 0  # none has settings
+    same = _results(tmp_path / "same.json", [_run(64, num_tokens=32)])
+    assert main(["--from-results", a, same, "--out", str(tmp_path / "all")]) == 0
+
+
+def test_from_results_refuses_to_overwrite_an_input_or_read_one_twice(tmp_path, capsys):
+    a = _results(tmp_path / "a" / "results.json", [_run(8, num_tokens=32)])
+    b = _results(tmp_path / "b" / "results.json", [_run(64, num_tokens=32)])
+    before = (tmp_path / "a" / "results.json").read_text()
+    assert main(["--from-results", a, b, "--out", str(tmp_path / "b" / ".." / "a")]) == 2
+    assert f"its results.json would overwrite the input {a}" in _last_error(capsys)
+    assert (tmp_path / "a" / "results.json").read_text() == before
+    assert main(["--from-results", a, str(tmp_path / "b" / ".." / "a" / "results.json"), "--out",
+                 str(tmp_path / "c")]) == 2
+    assert "given twice" in _last_error(capsys)
+
+
+@pytest.mark.parametrize("content, message", [
+    ([], "no list of runs"),
+    ({"label": "pool"}, "no list of runs"),
+    ([{"label": "pool", "seed": 0}], "run 0 is not a motionqa run (no by_steps)"),
+    ([{"seed": 0, "by_steps": {}}], "run 0 is not a motionqa run (no label)"),
+    ([{"label": "pool", "by_steps": {}}], "(no seed)"),
+])
+def test_from_results_refuses_a_file_that_holds_no_runs_in_one_line(content, message, tmp_path, capsys):
+    bad = _results(tmp_path / "bad.json", content)
+    assert main(["--from-results", bad, "--out", str(tmp_path / "out")]) == 2
+    line = _last_error(capsys)
+    assert f"--from-results {bad}: " in line and message in line

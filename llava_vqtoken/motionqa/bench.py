@@ -51,6 +51,11 @@ LEARNED = 90.0  # accuracy (%) at which a question type counts as learned by a r
 POSITIVE_FLAGS = ("train_size", "test_size", "steps", "batch", "num_tokens", "workers", "patch")
 #: flags of which every value is one run: none may repeat
 RUN_FLAGS = ("compressors", "seeds", "frames")
+#: flags that neither change a run's numbers nor belong in its ``settings``: the run's own setting, seed
+#: and clip length, and --steps (report pools runs that stopped at different budgets)
+UNRECORDED_FLAGS = frozenset({"compressors", "seeds", "frames", "steps", "workers", "device", "out", "from_results"})
+#: what every run in a results.json has
+RUN_KEYS = ("label", "seed", "by_steps")
 #: patches per side of a frame: an object one patch wide needs room to move one width
 MIN_PATCHES = 2
 
@@ -60,6 +65,11 @@ def parse_setting(setting: str, budget: int) -> dict[str, Any]:
     spec = CompressorConfig.parse_setting(setting)
     spec.setdefault("num_tokens", None if spec["name"] == "none" else budget)
     return spec
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Every flag that changes a run's numbers, as JSON values: a run's ``settings`` in results.json."""
+    return json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in UNRECORDED_FLAGS}))
 
 
 def spec_label(spec: dict[str, Any]) -> str:
@@ -361,9 +371,10 @@ class Runner:
             self.splits[frames] = make_splits(a, frames)
         train, test = self.splits[frames]
         curriculum = [[n, list(types)] for n, types in curriculum_phases(a)]
+        settings = run_settings(a)
 
         def labelled(res: dict[str, Any]) -> dict[str, Any]:
-            res.update(label=setting, frames=frames, curriculum=curriculum)
+            res.update(label=setting, frames=frames, curriculum=curriculum, settings=settings)
             return res
 
         report_partial = None if progress is None else (lambda res: progress(labelled(res)))
@@ -633,39 +644,89 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def load_results(paths: list[str]) -> list[dict[str, Any]]:
-    """The runs of several results.json files, in the order given; a missing or unreadable file, or a
-    run found twice, is a ValueError naming it."""
-    runs: list[dict[str, Any]] = []
-    seen: dict[tuple, str] = {}
+def _check_inputs(paths: list[str], out: Path) -> None:
+    """No file given twice, and none that --out's results.json would overwrite."""
+    seen: dict[Path, str] = {}
     for path in paths:
-        try:
-            mine = json.loads(Path(path).read_text())
-            keys = [(r["label"], r["seed"], r.get("frames")) for r in mine]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"--from-results {path}: not a motionqa results.json ({e})") from None
-        for key in keys:
+        where = Path(path).resolve()
+        if where in seen:
+            raise ValueError(f"--from-results {path}: given twice (also as {seen[where]})")
+        seen[where] = path
+    target = (out / "results.json").resolve()
+    if target in seen:
+        raise ValueError(f"--out {out}: its results.json would overwrite the input {seen[target]}; report elsewhere")
+
+
+def _read_runs(path: str) -> list[dict[str, Any]]:
+    """The runs of one results.json; an unreadable file, an empty list or a run that is not one is a
+    ValueError naming the file."""
+    try:
+        runs = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--from-results {path}: not a motionqa results.json ({e})") from None
+    if not isinstance(runs, list) or not runs:
+        raise ValueError(f"--from-results {path}: not a motionqa results.json (no list of runs)")
+    for i, run in enumerate(runs):
+        missing = [k for k in RUN_KEYS if not isinstance(run, dict) or k not in run]
+        if missing or not isinstance(run["by_steps"], dict):
+            what = ", ".join(missing) or "by_steps dict"
+            raise ValueError(f"--from-results {path}: run {i} is not a motionqa run (no {what})")
+    return runs
+
+
+def _check_settings(files: dict[str, list[dict[str, Any]]]) -> None:
+    """Every run has the same ``settings`` (runs of files without any are accepted only together)."""
+    recorded = [(path, r["settings"]) for path, runs in files.items() for r in runs if "settings" in r]
+    if not recorded:
+        return
+    first, ref = recorded[0]
+    for path, runs in files.items():
+        for run in runs:
+            if "settings" not in run:
+                raise ValueError(f"--from-results {path}: its runs have no settings (an older motionqa), so they "
+                                 f"cannot be checked against {first}'s; report them on their own")
+            mine = run["settings"]
+            for key in dict.fromkeys([*ref, *mine]):
+                if ref.get(key) != mine.get(key):
+                    raise ValueError(f"--from-results: {_flag(key)} is {ref.get(key)} in {first} but "
+                                     f"{mine.get(key)} in {path}: runs of different settings do not report together")
+
+
+def load_results(paths: list[str], out: Path) -> list[dict[str, Any]]:
+    """The runs of several results.json files, in the order given, to report into ``out``; a file
+    given twice or that ``out`` would overwrite, a missing or unreadable file, runs of different
+    settings, or a run found twice, is a ValueError naming it."""
+    _check_inputs(paths, out)
+    files = {path: _read_runs(path) for path in paths}
+    _check_settings(files)
+    seen: dict[tuple, str] = {}
+    for path, runs in files.items():
+        for key in ((r["label"], r["seed"], r.get("frames")) for r in runs):
             if key in seen:  # the same run twice would count as two seeds
                 raise ValueError(f"--from-results {path}: {key[0]} seed {key[1]} at {key[2]} frames is also in "
                                  f"{seen[key]}")
             seen[key] = path
-        runs.extend(mine)
-    return runs
+    return [r for runs in files.values() for r in runs]
+
+
+def report_results(paths: list[str], out: Path) -> int:
+    """``--from-results``: one report of the runs of several results.json files (exit 2: refused)."""
+    try:
+        runs = load_results(paths, out)
+    except ValueError as e:
+        print(f"llava-vqtoken motionqa: error: {e}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(runs, indent=1))
+    print(report(runs, out))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     out = Path(a.out)
     if a.from_results:
-        try:
-            runs = load_results(a.from_results)
-        except ValueError as e:
-            print(f"llava-vqtoken motionqa: error: {e}", file=sys.stderr)
-            return 2
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(runs, indent=1))
-        print(report(runs, out))
-        return 0
+        return report_results(a.from_results, out)
     out.mkdir(parents=True, exist_ok=True)
     # seed-major: a cut-short run covers every setting and clip length
     jobs = [(s, seed, n) for seed in a.seeds for n in a.frames for s in a.compressors]
