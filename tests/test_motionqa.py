@@ -445,3 +445,14 @@ def test_from_results_refuses_a_file_that_holds_no_runs_in_one_line(content, mes
     assert main(["--from-results", bad, "--out", str(tmp_path / "out")]) == 2
     line = _last_error(capsys)
     assert f"--from-results {bad}: " in line and message in line
+
+
+def test_a_failed_run_does_not_lose_the_runs_of_other_workers(tmp_path):
+    # heads=5 passes the config's checks but does not divide the model's width: it fails in its worker
+    with pytest.raises(RuntimeError) as e:
+        main(["--compressors", "vqtoken:heads=5", "pool", "--frames", "4", *TINY, "--workers", "2",
+              "--out", str(tmp_path)])
+    kept = json.loads((tmp_path / "results.json").read_text()) if (tmp_path / "results.json").exists() else []
+    assert [(r["label"], r["complete"]) for r in kept] == [("pool", True)]  # it finished after the failure
+    first = str(e.value).splitlines()[0]
+    assert "vqtoken:heads=5 seed 0 at 4 frames failed" in first and "pool" not in first

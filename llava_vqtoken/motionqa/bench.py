@@ -387,23 +387,40 @@ class Runner:
 WORKER_POLL_S = 5.0
 
 
+class WorkersGone(RuntimeError):
+    """Every worker process exited before all runs reported (one was killed, say)."""
+
+
 def _serve(args: argparse.Namespace, threads: int, jobs, results) -> None:
     """A worker process: one Runner for every job it takes from ``jobs`` (None: stop); each run's
-    results after every budget (``complete`` False until the last), or the error that stopped it,
-    go to ``results``."""
+    results after every budget (``complete`` False until the last), or (job, traceback) when it
+    failed, go to ``results``; a failed run does not stop the worker."""
     torch.set_num_threads(threads)
     runner: Runner | None = None
-    for setting, seed, frames in iter(jobs.get, None):
+    for job in iter(jobs.get, None):
         try:
             runner = runner or Runner(args)
-            results.put((True, runner.run(setting, seed, frames, lambda res: results.put((True, res)))))
+            results.put((True, runner.run(*job, lambda res: results.put((True, res)))))
         except Exception:
-            results.put((False, f"{setting} seed {seed} at {frames} frames:\n{traceback.format_exc()}"))
-            return
+            results.put((False, (job, traceback.format_exc())))
+
+
+def _job_name(job: tuple[str, int, int]) -> str:
+    return f"{job[0]} seed {job[1]} at {job[2]} frames"
+
+
+def _failures(failed: list[tuple[tuple, str]], unfinished: list[tuple], out: str) -> str:
+    """One error naming every run that failed or never reported, then the failures' tracebacks."""
+    names = [f"{_job_name(job)} failed" for job, _ in failed]
+    names += [f"{_job_name(job)} never reported" for job in unfinished]
+    head = f"motionqa: {'; '.join(names)} (the other runs' results are in {out}/results.json)"
+    return "\n".join([head, *(f"--- {_job_name(job)}:\n{trace}" for job, trace in failed)])
 
 
 def run_parallel(jobs: list[tuple[str, int, int]], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """``args.workers`` processes on ``args.device``, each with its own Runner; results in finish order."""
+    """``args.workers`` processes on ``args.device``, each with its own Runner; results in finish order.
+    A failed run does not stop the others: after every run has finished or failed, one RuntimeError
+    names the failed ones."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -414,19 +431,26 @@ def run_parallel(jobs: list[tuple[str, int, int]], args: argparse.Namespace) -> 
     procs = [ctx.Process(target=_serve, args=(args, threads, todo, done), daemon=True) for _ in range(args.workers)]
     for proc in procs:
         proc.start()
+    pending, failed = set(jobs), []
     try:
-        finished = 0
-        while finished < len(jobs):
+        while pending:
             ok, value = _next_result(done, procs)
             if not ok:
-                raise RuntimeError(f"motionqa: a worker failed on {value}")
-            finished += value["complete"]
+                failed.append(value)
+                pending.discard(value[0])
+                continue
+            if value["complete"]:
+                pending.discard((value["label"], value["seed"], value["frames"]))
             yield value
+    except WorkersGone:
+        pass
     finally:
         for proc in procs:
             proc.join(timeout=WORKER_POLL_S)
             if proc.is_alive():
                 proc.terminate()
+    if failed or pending:
+        raise RuntimeError(_failures(failed, [job for job in jobs if job in pending], args.out))
 
 
 def _next_result(done, procs) -> tuple[bool, Any]:
@@ -435,7 +459,7 @@ def _next_result(done, procs) -> tuple[bool, Any]:
             return done.get(timeout=WORKER_POLL_S)
         except queue.Empty:
             if not any(p.is_alive() for p in procs):
-                raise RuntimeError("motionqa: every worker process exited before all runs finished") from None
+                raise WorkersGone("motionqa: every worker process exited before all runs finished") from None
 
 
 def run_all(jobs: list[tuple[str, int, int]], args: argparse.Namespace,
