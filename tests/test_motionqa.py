@@ -456,3 +456,43 @@ def test_a_failed_run_does_not_lose_the_runs_of_other_workers(tmp_path):
     assert [(r["label"], r["complete"]) for r in kept] == [("pool", True)]  # it finished after the failure
     first = str(e.value).splitlines()[0]
     assert "vqtoken:heads=5 seed 0 at 4 frames failed" in first and "pool" not in first
+
+
+def test_a_report_removes_plots_it_does_not_draw_and_counts_runs_cut_short(tmp_path):
+    from llava_vqtoken.motionqa.bench import report
+
+    report([_run(8), _run(64)], tmp_path)
+    assert (tmp_path / "accuracy_vs_frames.png").exists()
+    cut = {**_run(8, seed=1), "complete": False}
+    text = report([_run(8), cut, _run(8, seed=2)], tmp_path)  # one clip length now
+    assert not (tmp_path / "accuracy_vs_frames.png").exists()
+    assert (tmp_path / "accuracy_vs_tokens.png").exists()
+    assert "1 of 3 runs stopped before their last budget" in text
+    assert "stopped before" not in report([_run(8)], tmp_path)
+
+
+def test_plots_of_several_lengths_keep_settings_apart(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import llava_vqtoken.motionqa.bench as bench
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    runs = [{**_run(n), "label": s} for s in ("pool", "tome", "none") for n in (8, 64)]
+    rows = bench.report_rows(runs, ["direction"])
+    bench.plot_by_tokens(rows, tmp_path / "t.png", plt)
+    bench.plot_by_steps(rows, ["direction"], tmp_path / "s.png", plt)
+    bench.plot_by_frames(rows, tmp_path / "f.png", plt)
+    tokens, steps, frames = (f.axes for f in figs)
+    assert not tokens[0].texts and tokens[0].get_ylim() == (0, 105) and tokens[0].get_title()
+    legend = [t.get_text() for t in tokens[0].get_legend().get_texts()]
+    assert legend == ["pool (33 tok)", "tome (33 tok)", "none (33 tok)", "8 frames", "64 frames", "chance (25%)"]
+    assert [t.get_text() for t in steps[-1].get_legend().get_texts()] == legend  # one entry per setting and length
+    dashed = {line.get_label().lstrip("_").split(" ")[0] for line in steps[0].lines if line.get_linestyle() == "--"}
+    assert dashed == {"none"}  # the ceiling, though its runs are labelled "none @8f", "none @64f"
+    assert frames[0].get_ylabel() == "accuracy (%), mean over question types and seeds"
+    lines = [line for line in frames[0].lines if line.get_linestyle() != "None" and line.get_label() != "chance"]
+    assert len({(line.get_marker(), line.get_linestyle()) for line in lines}) == len(lines) == 3  # not caps

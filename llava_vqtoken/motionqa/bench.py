@@ -56,6 +56,16 @@ RUN_FLAGS = ("compressors", "seeds", "frames")
 UNRECORDED_FLAGS = frozenset({"compressors", "seeds", "frames", "steps", "workers", "device", "out", "from_results"})
 #: what every run in a results.json has
 RUN_KEYS = ("label", "seed", "by_steps")
+#: the report's plots; accuracy_vs_frames.png only for several clip lengths
+PLOTS = ("accuracy_vs_tokens.png", "accuracy_by_type.png", "accuracy_vs_steps.png", "accuracy_vs_frames.png")
+#: accuracy (%) of a guess among the four options
+CHANCE = 25.0
+#: plot markers and line styles, one combination per setting or clip length
+MARKERS = ("o", "s", "^", "v", "D", "P", "X")
+LINESTYLES = ("-", "--", ":", "-.")
+#: the y axis of every accuracy plot, and the label of the mean over question types
+ACC_YLIM = (0, 105)
+ACC_ALL = "accuracy (%), mean over question types and seeds"
 #: patches per side of a frame: an object one patch wide needs room to move one width
 MIN_PATCHES = 2
 
@@ -277,68 +287,82 @@ def run_one(spec, train, test, args, seed, device, encoded: dict | None = None,
     return results
 
 
-def report(runs: list[dict[str, Any]], out: Path) -> str:
-    rows = []
-    types = [t for t in TYPES if any(t in b["accuracy"] for r in runs for b in r["by_steps"].values())]
-    labels = list(dict.fromkeys(r["label"] for r in runs))  # settings in order of first appearance, then by length
+def _row(label: str, frames: int | None, budget: str, reached: list[dict[str, Any]], types: list[str],
+         tokens: int | None, run: str) -> dict[str, Any]:
+    """One report row: the runs that ``reached`` a budget, their accuracies pooled over seeds."""
+    accs = {t: [r["by_steps"][budget]["accuracy"].get(t, float("nan")) for r in reached] for t in (*types, "all")}
+    row = {"run": run, "setting": label, "frames": frames, "steps": int(budget), "visual_tokens": tokens,
+           "seeds": len(reached), "learned": {t: sum(a >= LEARNED for a in v) for t, v in accs.items() if t != "all"}}
+    for t, v in accs.items():
+        row[t] = statistics.mean(v)
+        row[f"{t}_sd"] = statistics.pstdev(v) if len(v) > 1 else 0.0
+    row["tokdense"] = tokdense(row["all"], tokens) if tokens else None
+    return row
+
+
+def report_rows(runs: list[dict[str, Any]], types: list[str]) -> list[dict[str, Any]]:
+    """One row per (setting, clip length, budget): settings in order of first appearance, then by length."""
+    labels = list(dict.fromkeys(r["label"] for r in runs))
     groups = sorted(dict.fromkeys((r["label"], r.get("frames")) for r in runs),
                     key=lambda g: (labels.index(g[0]), g[1] or 0))
-    lengths = {n for _, n in groups}
+    several = len({n for _, n in groups}) > 1
+    rows = []
     for label, frames in groups:
         mine = [r for r in runs if (r["label"], r.get("frames")) == (label, frames)]
+        run = f"{label} @{frames}f" if several else label
         for budget in sorted({b for r in mine for b in r["by_steps"]}, key=int):  # runs may stop at different budgets
             reached = [r for r in mine if budget in r["by_steps"]]
-            accs = {t: [r["by_steps"][budget]["accuracy"].get(t, float("nan")) for r in reached]
-                    for t in (*types, "all")}
-            tokens = mine[0]["visual_tokens"]
-            run = label if len(lengths) == 1 else f"{label} @{frames}f"
-            row = {"run": run, "setting": label, "frames": frames, "steps": int(budget), "visual_tokens": tokens,
-                   "seeds": len(reached),
-                   "learned": {t: sum(a >= LEARNED for a in v) for t, v in accs.items() if t != "all"}}
-            for t, v in accs.items():
-                row[t] = statistics.mean(v)
-                row[f"{t}_sd"] = statistics.pstdev(v) if len(v) > 1 else 0.0
-            row["tokdense"] = tokdense(row["all"], tokens) if tokens else None
-            rows.append(row)
-    (out / "report.json").write_text(json.dumps(rows, indent=1))
+            rows.append(_row(label, frames, budget, reached, types, mine[0]["visual_tokens"], run))
+    return rows
+
+
+def report_text(rows: list[dict[str, Any]], types: list[str], runs: list[dict[str, Any]]) -> str:
+    """report.md: the table, what its numbers are, and how many runs stopped before their last budget."""
     head = "| run | frames | steps | tokens | seeds | " + " | ".join(types) + " | all | TokDense |"
     lines = [head, "|" + "---|" * (7 + len(types))]
     for r in rows:
         cells = " | ".join(f"{r[t]:.1f}±{r[t + '_sd']:.1f} ({r['learned'][t]}/{r['seeds']})" for t in types)
         lines.append(f"| {r['setting']} | {r['frames']} | {r['steps']} | {r['visual_tokens']} | {r['seeds']} | {cells} "
                      f"| {r['all']:.1f}±{r['all_sd']:.1f} | {r['tokdense']:.3f} |")
-    text = "\n".join(lines) + (f"\n\nChance is 25%. Mean ± population s.d. over seeds; (n/N): n of N seeds reached "
-                               f"{LEARNED:.0f}% on that question type.\n")
+    text = "\n".join(lines) + (f"\n\nChance is {CHANCE:.0f}%. Mean ± population s.d. over seeds; (n/N): n of N seeds "
+                               f"reached {LEARNED:.0f}% on that question type.\n")
+    cut = sum(not r.get("complete", True) for r in runs)
+    if cut:
+        text += (f"\n{cut} of {len(runs)} runs stopped before their last budget (complete: false in results.json): "
+                 "rows at later budgets pool fewer seeds (the seeds column).\n")
+    return text
+
+
+def report(runs: list[dict[str, Any]], out: Path) -> str:
+    """report.json, report.md and the plots of ``runs`` in ``out`` (plots it does not draw are removed)."""
+    types = [t for t in TYPES if any(t in b["accuracy"] for r in runs for b in r["by_steps"].values())]
+    rows = report_rows(runs, types)
+    (out / "report.json").write_text(json.dumps(rows, indent=1))
+    text = report_text(rows, types, runs)
     (out / "report.md").write_text(text)
+    drawn = draw_plots(rows, types, out)
+    for name in PLOTS:
+        if name not in drawn:  # from an earlier report into the same folder
+            (out / name).unlink(missing_ok=True)
+    return text
+
+
+def draw_plots(rows: list[dict[str, Any]], types: list[str], out: Path) -> list[str]:
+    """The plots of ``rows`` in ``out``; their names (none without matplotlib)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for steps in sorted({r["steps"] for r in rows}):
-            sub = [r for r in rows if r["steps"] == steps]
-            ax.errorbar([r["visual_tokens"] for r in sub], [r["all"] for r in sub], [r["all_sd"] for r in sub],
-                        fmt="o", label=f"{steps} steps", capsize=3)
-            for r in sub:
-                ax.annotate(r["run"], (r["visual_tokens"], r["all"]), fontsize=6, xytext=(3, 2),
-                            textcoords="offset points")
-        ax.axhline(25, ls="--", c="grey", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("visual tokens per video")
-        ax.set_ylabel("accuracy (%)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "accuracy_vs_tokens.png", dpi=110)
-        plt.close(fig)
-        plot_by_type(rows, types, out / "accuracy_by_type.png", plt)
-        plot_by_steps(rows, types, out / "accuracy_vs_steps.png", plt)
-        if len(lengths) > 1:
-            plot_by_frames(rows, out / "accuracy_vs_frames.png", plt)
     except ImportError:  # pragma: no cover
-        pass
-    return text
+        return []
+    plot_by_tokens(rows, out / "accuracy_vs_tokens.png", plt)
+    plot_by_type(rows, types, out / "accuracy_by_type.png", plt)
+    plot_by_steps(rows, types, out / "accuracy_vs_steps.png", plt)
+    if len({r["frames"] for r in rows}) < 2:
+        return list(PLOTS[:3])
+    plot_by_frames(rows, out / "accuracy_vs_frames.png", plt)
+    return list(PLOTS)
 
 
 def make_splits(a: argparse.Namespace, frames: int) -> tuple[list, list]:
@@ -480,26 +504,65 @@ def run_all(jobs: list[tuple[str, int, int]], args: argparse.Namespace,
         yield res
 
 
-def plot_by_frames(rows: list[dict[str, Any]], path: Path, plt) -> None:
-    """Accuracy (all question types) against frames per clip at the shared token budget, one line per
-    setting and one panel per training budget, the seed spread as error bars and chance dashed."""
+def _style(i: int) -> dict[str, str]:
+    """Marker and line style of the ``i``-th setting: distinct for 28 settings, so equal lines stay apart."""
+    return {"marker": MARKERS[i % len(MARKERS)], "ls": LINESTYLES[i % len(LINESTYLES)]}
+
+
+def _colours(plt, n: int):
+    return plt.get_cmap("tab10" if n <= 10 else "tab20")
+
+
+def plot_by_tokens(rows: list[dict[str, Any]], path: Path, plt) -> None:
+    """Accuracy (all question types) against visual tokens, one panel per training budget: a colour
+    per setting and, with several clip lengths, a marker per length; the seed spread as error bars."""
     budgets = sorted({r["steps"] for r in rows})
     settings = list(dict.fromkeys(r["setting"] for r in rows))
+    lengths = sorted({r["frames"] for r in rows}, key=lambda n: n or 0)
+    cmap = _colours(plt, len(settings))
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.6 * len(budgets) + 2.2, 3.8), squeeze=False, sharey=True)
+    for ax, steps in zip(axes[0], budgets):
+        for r in (r for r in rows if r["steps"] == steps):
+            marker = MARKERS[lengths.index(r["frames"]) % len(MARKERS)]
+            ax.errorbar(r["visual_tokens"], r["all"], r["all_sd"], capsize=3, ms=5, ls="none", marker=marker,
+                        color=cmap(settings.index(r["setting"])))
+        ax.axhline(CHANCE, ls=":", c="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("visual tokens per video")
+        ax.set_title(f"{steps} training steps", fontsize=9)
+        ax.set_ylim(*ACC_YLIM)
+    _legend_settings(axes[0, -1], rows, settings, lengths, cmap)
+    axes[0, 0].set_ylabel(ACC_ALL, fontsize=8)
+    axes[0, -1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("synthetic motion-QA: accuracy against visual tokens", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_by_frames(rows: list[dict[str, Any]], path: Path, plt) -> None:
+    """Accuracy (all question types) against frames per clip at the shared token budget, one line per
+    setting (each its own colour, marker and line style) and one panel per training budget, the seed
+    spread as error bars and chance dashed."""
+    budgets = sorted({r["steps"] for r in rows})
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    cmap = _colours(plt, len(settings))
     fig, axes = plt.subplots(1, len(budgets), figsize=(4.6 * len(budgets) + 1.8, 3.6), squeeze=False, sharey=True)
     for ax, steps in zip(axes[0], budgets):
-        for setting in settings:
+        for i, setting in enumerate(settings):
             mine = (r for r in rows if r["setting"] == setting and r["steps"] == steps)
             sub = sorted(mine, key=lambda r: r["frames"])
             if sub:
                 tokens = sorted({r["visual_tokens"] for r in sub})
                 ax.errorbar([r["frames"] for r in sub], [r["all"] for r in sub], [r["all_sd"] for r in sub],
-                            marker="o", ms=3, capsize=3, label=f"{setting} ({'/'.join(map(str, tokens))} tok)")
-        ax.axhline(25, ls="--", c="grey", lw=0.8, label="chance")
+                            ms=3, capsize=3, color=cmap(i), **_style(i),
+                            label=f"{setting} ({'/'.join(map(str, tokens))} tok)")
+        ax.axhline(CHANCE, ls="--", c="grey", lw=0.8, label="chance")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("frames per clip")
         ax.set_title(f"{steps} training steps", fontsize=9)
-        ax.set_ylim(0, 105)
-    axes[0, 0].set_ylabel("accuracy (%), mean over seeds")
+        ax.set_ylim(*ACC_YLIM)
+    axes[0, 0].set_ylabel(ACC_ALL, fontsize=8)
     axes[0, -1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("synthetic motion-QA, tiny model trained from scratch per run", fontsize=9)
     fig.tight_layout()
@@ -521,8 +584,8 @@ def plot_by_type(rows: list[dict[str, Any]], types: list[str], path: Path, plt) 
             ys = [by_run[lab][t] for lab in labels if lab in by_run]
             err = [by_run[lab][f"{t}_sd"] for lab in labels if lab in by_run]
             ax.bar(xs, ys, width, yerr=err, capsize=2, label=t)
-        ax.axhline(25, ls="--", c="grey", lw=0.8)
-        ax.set_ylim(0, 105)
+        ax.axhline(CHANCE, ls="--", c="grey", lw=0.8)
+        ax.set_ylim(*ACC_YLIM)
         ax.set_ylabel(f"accuracy (%)\n{steps} steps")
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels([f"{lab}\n({by_run[lab]['visual_tokens']} tok)" if lab in by_run else lab for lab in labels],
@@ -533,27 +596,44 @@ def plot_by_type(rows: list[dict[str, Any]], types: list[str], path: Path, plt) 
     plt.close(fig)
 
 
+def _legend_settings(ax, rows: list[dict[str, Any]], settings: list[str], lengths: list, cmap) -> None:
+    """Legend entries: a colour (and line style: the ceiling dashed) per setting with its token counts,
+    a marker per clip length when there are several, and chance."""
+    for i, setting in enumerate(settings):
+        counts = {r["visual_tokens"] for r in rows if r["setting"] == setting}
+        tokens = "/".join(map(str, sorted(counts, key=lambda n: n or 0)))
+        ax.plot([], [], "--" if setting == "none" else "-", color=cmap(i), label=f"{setting} ({tokens} tok)")
+    if len(lengths) > 1:
+        for j, n in enumerate(lengths):
+            ax.plot([], [], MARKERS[j % len(MARKERS)], color="black", label=f"{n} frames")
+    ax.plot([], [], ":", c="grey", lw=0.8, label=f"chance ({CHANCE:.0f}%)")
+
+
 def plot_by_steps(rows: list[dict[str, Any]], types: list[str], path: Path, plt) -> None:
     """Learning curves: accuracy against training steps for every run, one panel per question type
-    and one for all types, with the seed spread as a band (sample efficiency at a glance)."""
+    and one for all types, with the seed spread as a band (sample efficiency at a glance): a colour
+    per setting (the uncompressed ceiling dashed) and, with several clip lengths, a marker per length."""
     panels = [*types, "all"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False, sharey=True)
-    labels = list(dict.fromkeys(r["run"] for r in rows))
-    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1.6, 3.2), squeeze=False, sharey=True)
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    lengths = sorted({r["frames"] for r in rows}, key=lambda n: n or 0)
+    cmap = _colours(plt, len(settings))
     for ax, t in zip(axes[0], panels):
-        for i, lab in enumerate(labels):
+        for lab in dict.fromkeys(r["run"] for r in rows):
             sub = sorted((r for r in rows if r["run"] == lab), key=lambda r: r["steps"])
             xs, ys = [r["steps"] for r in sub], [r[t] for r in sub]
             sd = [r[f"{t}_sd"] for r in sub]
-            style = "--" if lab == "none" else "-"
-            ax.plot(xs, ys, style, marker="o", ms=3, color=cmap(i), label=f"{lab} ({sub[0]['visual_tokens']} tok)")
-            ax.fill_between(xs, [y - e for y, e in zip(ys, sd)], [y + e for y, e in zip(ys, sd)], color=cmap(i),
+            colour = cmap(settings.index(sub[0]["setting"]))
+            ax.plot(xs, ys, "--" if sub[0]["setting"] == "none" else "-", ms=3, color=colour, label=f"_{lab}",
+                    marker=MARKERS[lengths.index(sub[0]["frames"]) % len(MARKERS)])
+            ax.fill_between(xs, [y - e for y, e in zip(ys, sd)], [y + e for y, e in zip(ys, sd)], color=colour,
                             alpha=0.08)
-        ax.axhline(25, ls=":", c="grey", lw=0.8)
+        ax.axhline(CHANCE, ls=":", c="grey", lw=0.8)
         ax.set_title(t, fontsize=9)
         ax.set_xlabel("training steps")
-        ax.set_ylim(0, 105)
+        ax.set_ylim(*ACC_YLIM)
     axes[0, 0].set_ylabel("accuracy (%)")
+    _legend_settings(axes[0, -1], rows, settings, lengths, cmap)
     axes[0, -1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
