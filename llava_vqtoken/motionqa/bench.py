@@ -4,8 +4,10 @@
 same total budget (``--num-tokens``, 32 by default) except ``none`` (the uncompressed ceiling). The
 vision tower is trained from scratch; the loss is 4-way cross-entropy over the option letters at the
 answer position. Accuracy per question type on a held-out split, for each seed and each training
-budget (``--steps``), goes to results.json, report.md and three plots:
-accuracy_vs_tokens.png, accuracy_by_type.png and accuracy_vs_steps.png (learning curves).
+budget (``--steps``), goes to results.json (each run with its ``settings``: every flag that changes
+its numbers, so that ``--from-results`` reports only runs of one setting together), report.md and plots:
+accuracy_vs_tokens.png, accuracy_by_type.png, accuracy_vs_steps.png (learning curves) and, for several
+clip lengths (``--frames``), accuracy_vs_frames.png.
 
 The defaults are the setting of docs/BENCHMARKS.md section 5: clear motion, objects named by order
 of appearance, 500 steps of direction questions first (``--curriculum-steps``/``--curriculum-types``,
