@@ -496,3 +496,27 @@ def test_plots_of_several_lengths_keep_settings_apart(tmp_path, monkeypatch):
     assert frames[0].get_ylabel() == "accuracy (%), mean over question types and seeds"
     lines = [line for line in frames[0].lines if line.get_linestyle() != "None" and line.get_label() != "chance"]
     assert len({(line.get_marker(), line.get_linestyle()) for line in lines}) == len(lines) == 3  # not caps
+
+
+def test_frames_plot_legend_names_every_setting_and_all_its_token_counts(tmp_path, monkeypatch):
+    """The legend came from the last panel only, with that panel's token counts: a setting that
+    stopped before the last budget was missing, and `none` read 129 tokens although it had 1025 at 64
+    frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import llava_vqtoken.motionqa.bench as bench
+
+    def row(setting, frames, steps, tokens):
+        return {"setting": setting, "frames": frames, "steps": steps, "visual_tokens": tokens, "all": 50.0,
+                "all_sd": 0.0}
+
+    rows = [row("none", 8, 500, 129), row("none", 64, 500, 1025), row("none", 8, 1000, 129),
+            row("vqtoken", 8, 500, 33), row("vqtoken", 64, 500, 33)]
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    bench.plot_by_frames(rows, tmp_path / "f.png", plt)
+    labels = [t.get_text() for t in figs[0].axes[-1].get_legend().get_texts()]
+    assert sorted(labels) == ["chance", "none (129/1025 tok)", "vqtoken (33 tok)"]

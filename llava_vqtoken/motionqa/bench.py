@@ -555,7 +555,7 @@ def plot_by_frames(rows: list[dict[str, Any]], path: Path, plt) -> None:
             mine = (r for r in rows if r["setting"] == setting and r["steps"] == steps)
             sub = sorted(mine, key=lambda r: r["frames"])
             if sub:
-                tokens = sorted({r["visual_tokens"] for r in sub})
+                tokens = sorted({r["visual_tokens"] for r in rows if r["setting"] == setting})  # every length
                 ax.errorbar([r["frames"] for r in sub], [r["all"] for r in sub], [r["all_sd"] for r in sub],
                             ms=3, capsize=3, color=cmap(i), **_style(i),
                             label=f"{setting} ({'/'.join(map(str, tokens))} tok)")
@@ -565,7 +565,12 @@ def plot_by_frames(rows: list[dict[str, Any]], path: Path, plt) -> None:
         ax.set_title(f"{steps} training steps", fontsize=9)
         ax.set_ylim(*ACC_YLIM)
     axes[0, 0].set_ylabel(ACC_ALL, fontsize=8)
-    axes[0, -1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    handles: dict[str, Any] = {}  # every panel's entries: a setting may stop before the last budget
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[0, -1].legend(list(handles.values()), list(handles), fontsize=6, loc="center left",
+                       bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("synthetic motion-QA, tiny model trained from scratch per run", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
