@@ -350,18 +350,8 @@ def adaptive_kmeans(
     count, never assigned; the width does not depend on the batch mates' K) and the per-video choices.
     ``cuda_graphs``, ``compiled``, ``cache`` and ``video_ids`` are as in ``cosine_kmeans``.
     """
-    if method not in METHODS:
-        raise ValueError(f"adaptive method must be one of {', '.join(METHODS)}, got {method!r}")
     b, n, d = x.shape
-    if not 1 <= k_min <= k_max:
-        raise ValueError(f"need 1 <= min_codes <= max_codes, got min_codes={k_min}, max_codes={k_max}")
-    if k_max > n:
-        raise ValueError(f"max_codes={k_max} exceeds the number of tokens N={n}")
-    if oversample < 1:
-        raise ValueError(f"oversample must be >= 1, got {oversample}")
-    if silhouette_sample < 1:
-        raise ValueError(f"silhouette_sample must be >= 1, got {silhouette_sample}")
-    check_seed_sample(seed_sample)
+    _check_arguments(method, k_min, k_max, n, oversample, silhouette_sample, seed_sample)
     cache = CodeCache() if cache is None else cache
     # two above the range: the second difference then exists at k_max + 1, so "more than k_max" is visible
     k_top = min(k_max + 2, n)
@@ -376,43 +366,28 @@ def adaptive_kmeans(
             (x, noise.pool_keys, noise.first, noise.race),
             dict(k=k0, m=m, iters=iters, tol=tol, steps=steps), enabled=cuda_graphs,
         )
-    to_host = [gram, counts, total_sq]
+    sil = None
     if method == "silhouette":
-        s = min(silhouette_sample, n)
-        keys = streams.draw(lambda g: torch.rand(1, n, device=x.device, generator=g))
-        sample_idx = keys.topk(s, dim=1).indices
+        sample_idx = streams.draw(lambda g: torch.rand(1, n, device=x.device, generator=g)).topk(
+            min(silhouette_sample, n), dim=1).indices
         xs = normalize_tokens(x.gather(1, sample_idx.unsqueeze(-1).expand(-1, -1, d))).float()
-        sims_s, labels_s = torch.bmm(xs, sums.transpose(1, 2)), labels.gather(1, sample_idx)
-    host = [t.double().cpu().numpy() for t in to_host]  # the host sync
+        sil = (torch.bmm(xs, sums.transpose(1, 2)), labels.gather(1, sample_idx))
+    host = [t.double().cpu().numpy() for t in (gram, counts, total_sq)]  # the host sync
 
     choices: list[AdaptiveChoice] = []
     merge_maps = []
+    rule = _Rule(method, k_min, k_max, k_top, k0, n)
     for i in range(b):
         merges, distortion = ward_merge_tree(host[0][i], host[1][i], float(host[2][i]))
         if is_static(distortion[1], float(host[2][i])):
             # all tokens (nearly) identical: one code would do, so the range's lower end
-            scores = {k: float(distortion[k]) for k in range(1, k_top + 1)}
-            pick = 1
+            pick, scores = 1, {k: float(distortion[k]) for k in range(1, k_top + 1)}
         elif method == "separation":
-            top = merges[::-1][:k_top]  # the merges into 1, 2, ..., k_top groups
-            side_a, side_b = merge_sides(merges, k0)
-            side_a, side_b = side_a[::-1][: len(top)], side_b[::-1][: len(top)]
-            share = gap_shares(normalize_tokens(x[i]), labels[i], k0, side_a, side_b).cpu().numpy()
-            pick = separation_k(share, side_a @ host[1][i], side_b @ host[1][i], n / (MIN_MASS_DIVISOR * k0))
-            scores = {j + 2: float(v) for j, v in enumerate(share)}  # gap share of the merge from K to K-1
-        elif method == "elbow":
-            scores = {k: float(distortion[k]) for k in range(1, k_top + 1)}
-            pick = elbow_k(scores)
-            if pick is None:  # no elbow up to k_max + 1: the content wants more codes than the range
-                pick = min(k_max + 1, n)
-        elif method == "elbow_released":
-            scores = {k: float(distortion[k]) for k in range(k_min, k_max + 1)}
-            pick = released_elbow_k(scores, k_min)
+            pick, scores = rule.separation(merges, normalize_tokens(x[i]), labels[i], host[1][i])
+        elif method == "silhouette":
+            pick, scores = rule.silhouette(merges, sil[0][i], sil[1][i], counts[i])
         else:
-            ks = list(range(2, min(k_max + 1, k_top) + 1))
-            levels = partition_levels(merges, k0, ks)
-            scores = silhouette_scores(sims_s[i], labels_s[i], counts[i], levels)
-            pick = max(scores, key=lambda k: (scores[k], -k)) if scores else k_min
+            pick, scores = rule.curve(distortion)
         k = min(max(pick, k_min), k_max)
         clamped = "low" if pick < k_min else ("high" if pick > k_max else None)
         choices.append(AdaptiveChoice(k=k, k_unclamped=pick, clamped=clamped, scores=scores))
@@ -428,6 +403,57 @@ def adaptive_kmeans(
             dict(width=width, iters=refine_iters, tol=tol, steps=steps), enabled=cuda_graphs,
         )
     return KMeansResult(*out), choices
+
+
+def _check_arguments(method: str, k_min: int, k_max: int, n: int, oversample: int, silhouette_sample: int,
+                     seed_sample: int | None) -> None:
+    if method not in METHODS:
+        raise ValueError(f"adaptive method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not 1 <= k_min <= k_max:
+        raise ValueError(f"need 1 <= min_codes <= max_codes, got min_codes={k_min}, max_codes={k_max}")
+    if k_max > n:
+        raise ValueError(f"max_codes={k_max} exceeds the number of tokens N={n}")
+    if oversample < 1:
+        raise ValueError(f"oversample must be >= 1, got {oversample}")
+    if silhouette_sample < 1:
+        raise ValueError(f"silhouette_sample must be >= 1, got {silhouette_sample}")
+    check_seed_sample(seed_sample)
+
+
+@dataclass
+class _Rule:
+    """The selection rules of :func:`adaptive_kmeans` for one call: each gives (K before the clamp, the
+    scores it read) for one video."""
+
+    method: str
+    k_min: int
+    k_max: int
+    k_top: int  # the tree's top levels read: k_max + 2, at most N
+    k0: int  # clusters of the over-seeded fit
+    n: int  # tokens per video
+
+    def separation(self, merges, xn: torch.Tensor, labels: torch.Tensor, counts: np.ndarray) -> tuple[int, dict]:
+        top = merges[::-1][: self.k_top]  # the merges into 1, 2, ..., k_top groups
+        side_a, side_b = merge_sides(merges, self.k0)
+        side_a, side_b = side_a[::-1][: len(top)], side_b[::-1][: len(top)]
+        share = gap_shares(xn, labels, self.k0, side_a, side_b).cpu().numpy()
+        pick = separation_k(share, side_a @ counts, side_b @ counts, self.n / (MIN_MASS_DIVISOR * self.k0))
+        return pick, {j + 2: float(v) for j, v in enumerate(share)}  # gap share of the merge from K to K-1
+
+    def silhouette(self, merges, sims: torch.Tensor, labels_s: torch.Tensor, counts: torch.Tensor) -> tuple[int, dict]:
+        levels = partition_levels(merges, self.k0, list(range(2, min(self.k_max + 1, self.k_top) + 1)))
+        scores = silhouette_scores(sims, labels_s, counts, levels)
+        return (max(scores, key=lambda k: (scores[k], -k)) if scores else self.k_min), scores
+
+    def curve(self, distortion) -> tuple[int, dict]:
+        """``elbow`` (no elbow up to k_max + 1: the content wants more codes than the range) or
+        ``elbow_released`` on the distortion curve."""
+        if self.method == "elbow_released":
+            scores = {k: float(distortion[k]) for k in range(self.k_min, self.k_max + 1)}
+            return released_elbow_k(scores, self.k_min), scores
+        scores = {k: float(distortion[k]) for k in range(1, self.k_top + 1)}
+        pick = elbow_k(scores)
+        return (min(self.k_max + 1, self.n) if pick is None else pick), scores
 
 
 def _fit_top(x, keys, first, race, *, k: int, m: int, iters: int, tol: float, steps: CodeCache | None):
