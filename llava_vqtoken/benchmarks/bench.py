@@ -78,21 +78,35 @@ def bench_compressor(
     n = frames * grid * grid
     x1 = structured_features(1, frames, grid, grid, width, 48, device, dtype)
     x8 = structured_features(8, frames, grid, grid, width, 48, device, dtype, seed=1)
-    flat1, flat8 = x1.reshape(1, n, width), x8.reshape(8, n, width)
     r: dict[str, Any] = {"frames": frames, "grid": grid, "width": width, "tokens": n, "dtype": str(dtype)}
-    def vq_module(**kw: Any):
-        return build_compressor(CompressorConfig(**kw), width).to(device=device, dtype=dtype).eval()
-
-    vq, vq_c = vq_module(num_tokens=32), vq_module(num_tokens=32, compile=True)
-    ada = dict(num_tokens=None, adaptive="elbow", min_codes=8, max_codes=64)
-    vqa, vqa_c = vq_module(**ada), vq_module(**ada, compile=True)
     cache = CodeCache()  # the captured graphs and compiled steps of the function rows (a module owns its own)
+    flat1 = x1.reshape(1, n, width)
     t0 = time.perf_counter()
     cosine_kmeans(flat1, 32, compiled=True, cache=cache)
     if device.type == "cuda":
         torch.cuda.synchronize()
     r["first_compiled_call_s"] = time.perf_counter() - t0
     log(f"first call with torch.compile (compile + graph capture): {r['first_compiled_call_s']:.1f} s")
+    rows = _compressor_rows(x1, x8, cache, reference, device, dtype)
+    with torch.no_grad():
+        r["timings"] = _time_rows(rows, device, reps, log)
+        r.update(_fit_quality(flat1, log))
+    return r
+
+
+def _compressor_rows(x1: torch.Tensor, x8: torch.Tensor, cache: CodeCache, reference: bool, device: torch.device,
+                     dtype: torch.dtype) -> list[tuple[str, Callable[[], Any], int]]:
+    """(name, call, videos per call) of every timed row: the clustering functions, the modules, the
+    same-budget baselines and, with ``reference``, the sync-heavy reference fits."""
+    width = x1.shape[-1]
+    flat1, flat8 = x1.reshape(1, -1, width), x8.reshape(8, -1, width)
+
+    def vq_module(**kw: Any):
+        return build_compressor(CompressorConfig(**kw), width).to(device=device, dtype=dtype).eval()
+
+    vq, vq_c = vq_module(num_tokens=32), vq_module(num_tokens=32, compile=True)
+    ada = dict(num_tokens=None, adaptive="elbow", min_codes=8, max_codes=64)
+    vqa, vqa_c = vq_module(**ada), vq_module(**ada, compile=True)
     rows: list[tuple[str, Callable[[], Any], int]] = [
         ("kmeans K=32 (10 it, graph)", lambda: cosine_kmeans(flat1, 32, cache=cache), 1),
         ("kmeans K=32 (10 it, eager)", lambda: cosine_kmeans(flat1, 32, cuda_graphs=False), 1),
@@ -121,29 +135,37 @@ def bench_compressor(
             ("reference fixed K=32 (sync per step)", lambda: reference_kmeans(flat1[0], 32), 1),
             ("reference adaptive 12..32 (21 fits)", lambda: reference_adaptive(flat1[0], 12, 32), 1),
         ]
+    return rows
+
+
+def _time_rows(rows: list[tuple[str, Callable[[], Any], int]], device: torch.device, reps: int,
+               log: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    """ms per call and per video of every row; a row that fails (e.g. torch.compile unavailable) is
+    reported and skipped."""
     timings = {}
-    with torch.no_grad():
-        for name, fn, per in tqdm(rows, desc="compressor", disable=None):
-            try:
-                ms = timeit(fn, device, reps=reps if "reference adaptive" not in name else max(2, reps // 4))
-            except Exception as e:  # e.g. torch.compile unavailable: report, keep going
-                log(f"{name:<46} failed: {type(e).__name__}: {str(e).splitlines()[0][:150]}")
-                continue
-            timings[name] = {"ms": ms, "ms_per_video": ms / per}
-            log(f"{name:<46} {ms:9.3f} ms  ({ms / per:8.3f} ms/video)")
-        # quality: our 20-iteration fit vs 20 Lloyd iterations from (sync-heavy) k-means++ seeding
-        ref = [reference_kmeans(flat1[0], 32, iters=20, seed=s)[2] for s in range(3)]
-        ours = [float(cosine_kmeans(flat1, 32, iters=20, seed=s).inertia[0]) for s in range(3)]
-        ours10 = [float(cosine_kmeans(flat1, 32, iters=10, seed=s).inertia[0]) for s in range(3)]
-        ours5 = [float(cosine_kmeans(flat1, 32, iters=5, seed=s).inertia[0]) for s in range(3)]
-        r["inertia_k32"] = {"ours_20": ours, "ours_10": ours10, "ours_5": ours5, "reference_20": ref}
-        log(f"inertia K=32 (3 seeds, mean): ours 20 it {statistics.mean(ours):.1f}, 10 it "
-            f"{statistics.mean(ours10):.1f}, 5 it {statistics.mean(ours5):.1f}; "
-            f"reference 20 Lloyd it from k-means++ {statistics.mean(ref):.1f}")
-        choice = adaptive_kmeans(flat1, 8, 64, "elbow")[1][0]
-        r["adaptive_elbow_k"] = choice.k
-    r["timings"] = timings
-    return r
+    for name, fn, per in tqdm(rows, desc="compressor", disable=None):
+        try:
+            ms = timeit(fn, device, reps=reps if "reference adaptive" not in name else max(2, reps // 4))
+        except Exception as e:
+            log(f"{name:<46} failed: {type(e).__name__}: {str(e).splitlines()[0][:150]}")
+            continue
+        timings[name] = {"ms": ms, "ms_per_video": ms / per}
+        log(f"{name:<46} {ms:9.3f} ms  ({ms / per:8.3f} ms/video)")
+    return timings
+
+
+def _fit_quality(flat1: torch.Tensor, log: Callable[[str], None]) -> dict[str, Any]:
+    """Our 20/10/5-iteration fits against 20 Lloyd iterations from (sync-heavy) k-means++ seeding, 3
+    seeds each, and the elbow's K on the same video."""
+    ref = [reference_kmeans(flat1[0], 32, iters=20, seed=s)[2] for s in range(3)]
+    ours = [float(cosine_kmeans(flat1, 32, iters=20, seed=s).inertia[0]) for s in range(3)]
+    ours10 = [float(cosine_kmeans(flat1, 32, iters=10, seed=s).inertia[0]) for s in range(3)]
+    ours5 = [float(cosine_kmeans(flat1, 32, iters=5, seed=s).inertia[0]) for s in range(3)]
+    log(f"inertia K=32 (3 seeds, mean): ours 20 it {statistics.mean(ours):.1f}, 10 it "
+        f"{statistics.mean(ours10):.1f}, 5 it {statistics.mean(ours5):.1f}; "
+        f"reference 20 Lloyd it from k-means++ {statistics.mean(ref):.1f}")
+    return {"inertia_k32": {"ours_20": ours, "ours_10": ours10, "ours_5": ours5, "reference_20": ref},
+            "adaptive_elbow_k": adaptive_kmeans(flat1, 8, 64, "elbow")[1][0].k}
 
 
 # ---------------------------------------------------------------------------------------------- end to end
