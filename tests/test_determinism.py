@@ -145,28 +145,6 @@ def test_cuda_graphs_of_a_freed_compressor_never_serve_a_new_one():
         gc.collect()
 
 
-def test_a_code_cache_keeps_only_its_most_recently_used_graphs():
-    """Clips of many lengths (--fps sampling) each captured their own graphs, with clip-sized static
-    copies, for the compressor's life: the cache now frees the least recently used beyond max_graphs."""
-    import copy
-    import pickle
-
-    from llava_vqtoken.core.graphs import MAX_GRAPHS, CodeCache
-
-    cache = CodeCache(max_graphs=3)
-    for key in "abcd":
-        cache._remember(key, key.upper())
-    assert cache.keys() == ["b", "c", "d"]  # a, the oldest, freed
-    assert cache._recall("b") == "B" and cache._recall("a") is None
-    cache._remember("e", "E")
-    assert cache.keys() == ["d", "b", "e"]  # b was used again, so c went
-    assert copy.deepcopy(cache).max_graphs == 3 and len(copy.deepcopy(cache)) == 0
-    assert pickle.loads(pickle.dumps(cache)).max_graphs == 3
-    assert CodeCache().max_graphs == MAX_GRAPHS >= 6  # three adaptive clip shapes at least
-    with pytest.raises(ValueError, match="max_graphs must be >= 1, got 0"):
-        CodeCache(max_graphs=0)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CUDA graphs are captured on the GPU only)")
 @pytest.mark.parametrize("setting", ["fixed", "elbow"])
 def test_cuda_graph_cache_stays_bounded_over_many_clip_lengths_and_answers_as_eager(setting):

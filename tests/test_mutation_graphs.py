@@ -151,3 +151,24 @@ def test_compiled_fullgraph_refuses_a_graph_break():
     cache = CodeCache()
     with pytest.raises(torch._dynamo.exc.Unsupported):  # raised while tracing, before any code generation
         cache.compiled(breaks)(torch.ones(2))
+
+
+def test_a_code_cache_keeps_only_its_most_recently_used_graphs():
+    """Clips of many lengths (--fps sampling) each captured their own graphs, with clip-sized static
+    copies, for the compressor's life: the cache now frees the least recently used beyond max_graphs."""
+    cache = CodeCache(max_graphs=3)
+    for key in "abcd":
+        cache._remember(key, key.upper())
+    assert cache.keys() == ["b", "c", "d"]  # a, the oldest, freed
+    assert cache._recall("b") == "B" and cache._recall("a") is None
+    cache._remember("e", "E")
+    assert cache.keys() == ["d", "b", "e"]  # b was used again, so c went
+    assert copy.deepcopy(cache).max_graphs == 3 and len(copy.deepcopy(cache)) == 0
+    assert pickle.loads(pickle.dumps(cache)).max_graphs == 3
+    assert CodeCache().max_graphs == MAX_GRAPHS >= 6  # three adaptive clip shapes at least
+    with pytest.raises(ValueError, match="max_graphs must be >= 1, got 0"):
+        CodeCache(max_graphs=0)
+    one = CodeCache(max_graphs=1)  # the smallest bound: the newest entry only
+    one._remember("a", 1)
+    one._remember("b", 2)
+    assert one.keys() == ["b"]

@@ -433,9 +433,9 @@ class _Rule:
     n: int  # tokens per video
 
     def separation(self, merges, xn: torch.Tensor, labels: torch.Tensor, counts: np.ndarray) -> tuple[int, dict]:
-        top = merges[::-1][: self.k_top]  # the merges into 1, 2, ..., k_top groups
+        top = min(len(merges), self.k_top)  # the last merges: into 1, 2, ..., k_top groups
         side_a, side_b = merge_sides(merges, self.k0)
-        side_a, side_b = side_a[::-1][: len(top)], side_b[::-1][: len(top)]
+        side_a, side_b = side_a[::-1][:top], side_b[::-1][:top]
         share = gap_shares(xn, labels, self.k0, side_a, side_b).cpu().numpy()
         pick = separation_k(share, side_a @ counts, side_b @ counts, self.n / (MIN_MASS_DIVISOR * self.k0))
         return pick, {j + 2: float(v) for j, v in enumerate(share)}  # gap share of the merge from K to K-1
@@ -443,7 +443,8 @@ class _Rule:
     def silhouette(self, merges, sims: torch.Tensor, labels_s: torch.Tensor, counts: torch.Tensor) -> tuple[int, dict]:
         levels = partition_levels(merges, self.k0, list(range(2, min(self.k_max + 1, self.k_top) + 1)))
         scores = silhouette_scores(sims, labels_s, counts, levels)
-        return (max(scores, key=lambda k: (scores[k], -k)) if scores else self.k_min), scores
+        # never empty: K = 2 is always a level (k_max >= 1, and N >= 2 once a clip is not static)
+        return max(scores, key=lambda k: (scores[k], -k)), scores
 
     def curve(self, distortion) -> tuple[int, dict]:
         """``elbow`` (no elbow up to k_max + 1: the content wants more codes than the range) or
