@@ -145,8 +145,8 @@ def encode(proc, samples, width: int | None = None) -> dict[str, torch.Tensor]:
                                       add_generation_prompt=True) for _, _, p, _ in samples]
     clips = [c for c, _, _, _ in samples]
     width = width or max(len(c.frames) for c in clips)
-    counts = [tokens_per_video(CompressorConfig.from_dict(proc.video_compressor), len(c), tuple(proc.video_grid))
-              for c in clips]
+    spec, grid = CompressorConfig.from_dict(proc.video_compressor), tuple(proc.video_grid)
+    counts = [tokens_per_video(spec, len(c), grid) for c in clips]
     batch = proc(text=texts, videos=[_pad_frames(c.frames, width) for c in clips], return_tensors="pt",
                  padding=True, num_video_tokens=None if None in counts else counts)
     batch["pixel_frames"] = batch.pop("pixel_values_videos")
